@@ -1,0 +1,364 @@
+"""MIT-BIH (or any WFDB records) -> AAMI beat windows -> a test set and client shards.
+
+`prepare()` reads every record before it writes anything, so bad input leaves no output behind;
+every file is written under a temporary name and renamed, so an interrupted run never leaves a
+half-written shard.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import wfdb
+from sklearn.model_selection import StratifiedKFold, train_test_split
+
+from common.config import (
+    AAMI_CLASSES,
+    AAMI_MAP,
+    DS1_RECORDS,
+    DS2_RECORDS,
+    NUM_CLASSES,
+    SAMPLING_RATE_HZ,
+    PrepareConfig,
+    WindowConfig,
+)
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+TEST_FILE = "test.npz"
+_CLASS_INDEX = {letter: i for i, letter in enumerate(AAMI_CLASSES)}
+
+
+class DataError(Exception):
+    """Bad input data; the message names the file and the problem."""
+
+
+@dataclass(frozen=True)
+class Beats:
+    """Windows (n, 1, L) float32 in [0, 1], AAMI labels (n,) int64, and each window's record name."""
+
+    x: np.ndarray
+    y: np.ndarray
+    record: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def take(self, index: np.ndarray) -> Beats:
+        return Beats(self.x[index], self.y[index], self.record[index])
+
+    def subsample(self, limit: int | None, seed: int) -> Beats:
+        """At most `limit` windows, drawn at random with `seed` (all of them when None)."""
+        if limit is None or limit >= len(self):
+            return self
+        return self.take(np.sort(np.random.default_rng(seed).permutation(len(self))[:limit]))
+
+    @staticmethod
+    def concat(parts: Sequence[Beats]) -> Beats:
+        return Beats(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("x", "y", "record")))
+
+
+def class_counts(y: np.ndarray) -> dict[str, int]:
+    counts = np.bincount(y, minlength=NUM_CLASSES)
+    return {letter: int(counts[i]) for i, letter in enumerate(AAMI_CLASSES)}
+
+
+# ----------------------------------------------------------------------------- reading records
+
+
+def minmax_scale(windows: np.ndarray) -> np.ndarray:
+    """Scale each window (last axis) to [0, 1]; a flat window becomes zeros, never NaN."""
+    low = windows.min(axis=-1, keepdims=True)
+    span = windows.max(axis=-1, keepdims=True) - low
+    scaled = np.divide(windows - low, span, out=np.zeros_like(windows), where=span > 0)
+    return scaled.astype(np.float32)
+
+
+def window_beats(
+    signal: np.ndarray, samples: np.ndarray, symbols: Sequence[str], window: WindowConfig
+) -> tuple[np.ndarray, np.ndarray]:
+    """Cut a scaled window around every AAMI-mapped beat whose window lies inside the signal."""
+    samples = np.asarray(samples, dtype=np.int64)
+    mapped = np.array([symbol in AAMI_MAP for symbol in symbols], dtype=bool)
+    inside = (samples - window.before >= 0) & (samples + window.after <= len(signal))
+    keep = mapped & inside
+    offsets = np.arange(-window.before, window.after)
+    windows = signal[samples[keep, None] + offsets]
+    labels = np.array([_CLASS_INDEX[AAMI_MAP[s]] for s, k in zip(symbols, keep, strict=True) if k], np.int64)
+    return minmax_scale(windows)[:, None, :], labels
+
+
+def find_records(directory: Path) -> list[Path]:
+    """The record paths (without extension) of every `.hea` header in `directory`."""
+    if not directory.is_dir():
+        raise DataError(f"{directory}: no such directory of WFDB records")
+    records = sorted(path.with_suffix("") for path in directory.glob("*.hea"))
+    if not records:
+        raise DataError(f"{directory}: no WFDB header (.hea) files found")
+    return records
+
+
+def _lead_index(header: wfdb.Record, lead: int | str, hea: Path) -> int:
+    if isinstance(lead, int):
+        if not 0 <= lead < header.n_sig:
+            raise DataError(f"{hea}: lead index {lead} out of range (record has {header.n_sig} signals)")
+        return lead
+    if lead not in header.sig_name:
+        raise DataError(f"{hea}: no lead named {lead!r} (signals: {', '.join(header.sig_name)})")
+    return header.sig_name.index(lead)
+
+
+def read_record(record: Path, lead: int | str, window: WindowConfig) -> Beats:
+    """Read one WFDB record (header, signal, .atr annotations) and cut its beat windows."""
+    hea, atr = record.with_suffix(".hea"), record.with_suffix(".atr")
+    try:
+        header = wfdb.rdheader(str(record))
+    except Exception as error:
+        raise DataError(f"{hea}: cannot read the header ({error})") from error
+    if header.fs != SAMPLING_RATE_HZ:
+        raise DataError(f"{hea}: sampling rate {header.fs} Hz, expected {SAMPLING_RATE_HZ} Hz")
+    channel = _lead_index(header, lead, hea)
+    dat = record.parent / header.file_name[channel]
+    for needed in (dat, atr):
+        if not needed.is_file():
+            raise DataError(f"{needed}: missing (record {record.name} needs it)")
+    try:
+        signal = wfdb.rdrecord(str(record), channels=[channel]).p_signal[:, 0]
+    except Exception as error:
+        raise DataError(f"{dat}: cannot read the signal ({error})") from error
+    try:
+        annotation = wfdb.rdann(str(record), "atr")
+    except Exception as error:
+        raise DataError(f"{atr}: cannot read the annotations ({error})") from error
+    if not np.all(np.isfinite(signal)):
+        raise DataError(f"{dat}: the signal holds missing (NaN) samples")
+    x, y = window_beats(signal, annotation.sample, annotation.symbol, window)
+    return Beats(x, y, np.full(len(y), record.name))
+
+
+def read_records(
+    directory: Path,
+    lead: int | str = 0,
+    window: WindowConfig | None = None,
+    names: Sequence[str] | None = None,
+) -> Beats:
+    """Read every record of `directory` (or only `names`) into one set of beat windows."""
+    window = window or WindowConfig()
+    records = find_records(directory)
+    if names is not None:
+        records = [record for record in records if record.name in set(names)]
+    if not records:
+        raise DataError(f"{directory}: none of the records {', '.join(names or [])} is there")
+    beats = Beats.concat([read_record(record, lead, window) for record in records])
+    if len(beats) == 0:
+        raise DataError(f"{directory}: no beat of an AAMI class found in {len(records)} record(s)")
+    log.info("read %d records from %s: %d windows %s", len(records), directory, len(beats), class_counts(beats.y))
+    return beats
+
+
+# ----------------------------------------------------------------------------- split and partition
+
+
+def split_train_test(beats: Beats, cfg: PrepareConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of the training and test windows.
+
+    intra-patient: a split stratified by class (a class with a single window stays in training);
+    inter-patient: de Chazal's DS1 records train, DS2 records test, no patient on both sides.
+    """
+    if cfg.split == "inter-patient":
+        train = np.flatnonzero(np.isin(beats.record, DS1_RECORDS))
+        test = np.flatnonzero(np.isin(beats.record, DS2_RECORDS))
+        if len(train) == 0 or len(test) == 0:
+            raise DataError(
+                "inter-patient split: the records hold no window of "
+                + ("DS1 (training)" if len(train) == 0 else "DS2 (test)")
+                + " records; it needs the MIT-BIH record names"
+            )
+        return train, test
+    counts = np.bincount(beats.y, minlength=NUM_CLASSES)
+    singles = np.isin(beats.y, np.flatnonzero(counts == 1))
+    splittable = np.flatnonzero(~singles)
+    if len(splittable) < 2:
+        raise DataError(f"only {len(beats)} window(s): too few to split into training and test sets")
+    train, test = train_test_split(
+        splittable, test_size=cfg.test_fraction, stratify=beats.y[splittable], random_state=cfg.seed
+    )
+    return np.sort(np.concatenate([train, np.flatnonzero(singles)])), np.sort(test)
+
+
+def _iid(labels: np.ndarray, cfg: PrepareConfig) -> list[np.ndarray]:
+    if cfg.clients == 1:
+        return [np.arange(len(labels))]
+    folds = StratifiedKFold(n_splits=cfg.clients, shuffle=True, random_state=cfg.seed)
+    with warnings.catch_warnings():
+        # A class rarer than the number of clients cannot reach every shard; that is expected.
+        warnings.simplefilter("ignore", UserWarning)
+        return [np.sort(test) for _, test in folds.split(np.zeros(len(labels)), labels)]
+
+
+def _by_patient(records: np.ndarray, cfg: PrepareConfig) -> list[np.ndarray]:
+    names, sizes = np.unique(records, return_counts=True)
+    if len(names) < cfg.clients:
+        raise DataError(f"patient partition: {len(names)} record(s) for {cfg.clients} clients")
+    rng = np.random.default_rng(cfg.seed)
+    order = rng.permutation(len(names))
+    order = order[np.argsort(-sizes[order], kind="stable")]  # largest first, seeded ties
+    load = np.zeros(cfg.clients, dtype=np.int64)
+    owner: dict[str, int] = {}
+    for i in order:  # greedy: the next-largest record goes to the lightest shard
+        shard = int(np.argmin(load))
+        owner[names[i]] = shard
+        load[shard] += sizes[i]
+    shard_of = np.array([owner[r] for r in records])
+    return [np.flatnonzero(shard_of == shard) for shard in range(cfg.clients)]
+
+
+def _dirichlet(labels: np.ndarray, cfg: PrepareConfig, attempts: int = 100) -> list[np.ndarray]:
+    rng = np.random.default_rng(cfg.seed)
+    for _ in range(attempts):
+        shards: list[list[np.ndarray]] = [[] for _ in range(cfg.clients)]
+        for label in np.unique(labels):
+            members = rng.permutation(np.flatnonzero(labels == label))
+            cuts = (np.cumsum(rng.dirichlet(np.full(cfg.clients, cfg.alpha))) * len(members)).astype(int)
+            for shard, part in enumerate(np.split(members, cuts[:-1])):
+                shards[shard].append(part)
+        result = [np.sort(np.concatenate(parts)) for parts in shards]
+        if all(len(part) > 0 for part in result):  # redraw until no client is left empty
+            return result
+    raise DataError(f"dirichlet partition: alpha {cfg.alpha} left a client empty in {attempts} draws")
+
+
+def partition(train: Beats, cfg: PrepareConfig) -> list[np.ndarray]:
+    """Indices into `train` for each of the `cfg.clients` shards: disjoint and complete."""
+    if len(train) < cfg.clients:
+        raise DataError(f"{len(train)} training window(s) cannot fill {cfg.clients} client shards")
+    if cfg.partition == "patient":
+        return _by_patient(train.record, cfg)
+    if cfg.partition == "dirichlet":
+        return _dirichlet(train.y, cfg)
+    return _iid(train.y, cfg)
+
+
+# ----------------------------------------------------------------------------- files
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_atomically(path: Path, write: Callable[[object], None]) -> None:
+    """Write via `write(file)` to a temporary file beside `path`, then rename it into place."""
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as file:
+            write(file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def save_beats(path: Path, beats: Beats) -> None:
+    write_atomically(path, lambda file: np.savez(file, x=beats.x, y=beats.y, record=beats.record))
+
+
+def load_beats(path: Path) -> Beats:
+    """Load a shard or test file, checking what a trainer relies on; errors name the file."""
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            x, y = archive["x"], archive["y"]
+            record = archive["record"] if "record" in archive else np.full(len(y), "")
+    except FileNotFoundError as error:
+        raise DataError(f"{path}: no such shard file") from error
+    except (KeyError, ValueError, OSError) as error:
+        raise DataError(f"{path}: not a shard file with arrays 'x' and 'y' ({error})") from error
+    if x.dtype != np.float32 or x.ndim != 3 or x.shape[1] != 1:
+        raise DataError(f"{path}: windows must be float32 shaped (n, 1, length), got {x.dtype} {x.shape}")
+    if y.dtype != np.int64 or y.shape != (len(x),):
+        raise DataError(f"{path}: labels must be int64 shaped ({len(x)},), got {y.dtype} {y.shape}")
+    if len(y) == 0:
+        raise DataError(f"{path}: the shard is empty")
+    if y.min() < 0 or y.max() >= NUM_CLASSES:
+        raise DataError(f"{path}: labels must lie in 0..{NUM_CLASSES - 1}, found {y.min()}..{y.max()}")
+    if not np.all(np.isfinite(x)):
+        raise DataError(f"{path}: windows hold NaN or infinite values")
+    return Beats(x, y, record)
+
+
+def client_file(index: int) -> str:
+    return f"client_{index:02d}.npz"
+
+
+def prepare(source: Path, out: Path, cfg: PrepareConfig) -> dict:
+    """Read `source`, split and partition, then write shards, the test set and manifest.json to `out`."""
+    beats = read_records(source, cfg.lead, cfg.window)
+    train_index, test_index = split_train_test(beats, cfg)
+    train, test = beats.take(train_index), beats.take(test_index)
+    shards = [train.take(index) for index in partition(train, cfg)]
+    if any(len(shard) == 0 for shard in shards):
+        raise DataError(f"{cfg.partition} partition left a client shard empty; use fewer --clients")
+
+    out.mkdir(parents=True, exist_ok=True)
+    files: dict[str, dict] = {}
+    for name, part in [*((client_file(i), s) for i, s in enumerate(shards)), (TEST_FILE, test)]:
+        save_beats(out / name, part)
+        files[name] = {
+            "windows": len(part),
+            "class_counts": class_counts(part.y),
+            "records": sorted(set(part.record.tolist())),
+            "sha256": sha256_of(out / name),
+        }
+        log.info("wrote %s: %d windows %s", out / name, len(part), files[name]["class_counts"])
+    for stale in set(p.name for p in out.glob("client_*.npz")) - set(files):
+        (out / stale).unlink()  # shards of an earlier run with more clients
+    manifest = {
+        "source": str(source.resolve()),
+        "settings": cfg.model_dump(mode="json"),
+        "windows_total": len(beats),
+        "class_counts": class_counts(beats.y),
+        "records": sorted(set(beats.record.tolist())),
+        "train_windows": len(train),
+        "test_windows": len(test),
+        "test_file": TEST_FILE,
+        "client_files": [client_file(i) for i in range(len(shards))],
+        "files": files,
+    }
+    write_atomically(out / MANIFEST, lambda file: file.write(json.dumps(manifest, indent=2).encode()))
+    return manifest
+
+
+def load_training_set(prepared: Path) -> Beats:
+    """Every client shard of a prepared directory, concatenated (the centralised reference)."""
+    manifest_path = prepared / MANIFEST
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except FileNotFoundError as error:
+        raise DataError(f"{manifest_path}: missing; run `ecg-fat prepare --out {prepared}` first") from error
+    return Beats.concat([load_beats(prepared / name) for name in manifest["client_files"]])
+
+
+def download_mitdb(cache: Path) -> Path:
+    """Fetch the MIT-BIH Arrhythmia Database from PhysioNet into `cache` (skipped when complete)."""
+    if len(list(cache.glob("*.atr"))) >= 48:
+        log.info("using the MIT-BIH copy already in %s", cache)
+        return cache
+    cache.mkdir(parents=True, exist_ok=True)
+    log.info("downloading mitdb from PhysioNet into %s", cache)
+    wfdb.dl_database("mitdb", dl_dir=str(cache))
+    return cache

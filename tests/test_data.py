@@ -1,0 +1,298 @@
+"""Reading WFDB records, windowing, splitting, partitioning and writing shards."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import wfdb
+
+from common.cli import main
+from common.config import PrepareConfig, WindowConfig
+from common.data import (
+    MANIFEST,
+    TEST_FILE,
+    Beats,
+    DataError,
+    load_beats,
+    minmax_scale,
+    partition,
+    prepare,
+    read_record,
+    read_records,
+    save_beats,
+    sha256_of,
+    split_train_test,
+)
+from tests.conftest import synthetic_beats, write_dataset, write_record
+
+# ----------------------------------------------------------------------------- windows
+
+
+def test_windows_cover_mapped_beats_inside_the_signal(tmp_path: Path) -> None:
+    samples = [50, 100, 400, 700, 1000, 1300, 1910, 1950]
+    symbols = ["N", "V", "A", "+", "F", "/", "L", "N"]  # 50 and 1950 leave the signal; '+' is no beat
+    path = write_record(tmp_path, "200", samples, symbols, length=2000)
+    beats = read_record(path, lead=0, window=WindowConfig())
+    assert beats.x.shape == (5, 1, 180) and beats.x.dtype == np.float32
+    assert beats.y.tolist() == [2, 1, 3, 4, 0]  # V, S, F, Q, N
+    signal = wfdb.rdrecord(str(path), channels=[0]).p_signal[:, 0]
+    expected = signal[1000 - 90 : 1000 + 90]
+    expected = (expected - expected.min()) / (expected.max() - expected.min())
+    np.testing.assert_allclose(beats.x[2, 0], expected, atol=1e-6)
+
+
+def test_window_at_the_very_end_is_kept(tmp_path: Path) -> None:
+    path = write_record(tmp_path, "201", [90, 1910, 1911], ["N", "N", "N"], length=2000)
+    assert len(read_record(path, 0, WindowConfig())) == 2  # [0, 180) and [1820, 2000) fit; 1911 does not
+
+
+def test_windows_scaled_to_unit_range_and_flat_window_is_zeros(tmp_path: Path) -> None:
+    path = write_record(tmp_path, "202", [300, 1000], ["N", "V"], length=2000, flat=(800, 1200))
+    beats = read_record(path, 0, WindowConfig())
+    assert not np.isnan(beats.x).any()
+    assert beats.x[0].min() == 0.0 and beats.x[0].max() == pytest.approx(1.0)
+    assert np.all(beats.x[1] == 0.0)
+
+
+def test_minmax_scale_is_per_window() -> None:
+    windows = np.array([[[2.0, 4.0, 3.0]], [[5.0, 5.0, 5.0]]])
+    np.testing.assert_allclose(minmax_scale(windows), [[[0.0, 1.0, 0.5]], [[0.0, 0.0, 0.0]]])
+
+
+def test_lead_by_name_and_index(tmp_path: Path) -> None:
+    path = write_record(tmp_path, "203", [500], ["N"])
+    by_name = read_record(path, "V1", WindowConfig())
+    by_index = read_record(path, 1, WindowConfig())
+    np.testing.assert_array_equal(by_name.x, by_index.x)
+    assert not np.array_equal(by_name.x, read_record(path, 0, WindowConfig()).x)
+    with pytest.raises(DataError, match=r"203\.hea.*no lead named 'V5'"):
+        read_record(path, "V5", WindowConfig())
+
+
+# ----------------------------------------------------------------------------- split and partition
+
+
+def test_intra_patient_split_is_disjoint_complete_and_stratified() -> None:
+    beats = synthetic_beats(1000)
+    train, test = split_train_test(beats, PrepareConfig())
+    assert set(train).isdisjoint(test) and len(train) + len(test) == 1000
+    for label in range(5):
+        total = int((beats.y == label).sum())
+        assert abs(int((beats.y[test] == label).sum()) - 0.2 * total) <= 1
+
+
+def test_inter_patient_split_uses_ds1_and_ds2_records() -> None:
+    rng = np.random.default_rng(0)
+    names = np.array(["101", "100", "102", "106", "103"])[rng.integers(0, 5, 300)]
+    beats = Beats(np.zeros((300, 1, 180), np.float32), rng.integers(0, 5, 300), names)
+    train, test = split_train_test(beats, PrepareConfig(split="inter-patient"))
+    assert set(names[train]) == {"101", "106"} and set(names[test]) == {"100", "103"}  # 102 is paced
+
+
+@pytest.mark.parametrize("scheme", ["iid", "patient", "dirichlet"])
+def test_partitions_are_disjoint_and_complete(scheme: str) -> None:
+    beats = synthetic_beats(900)
+    shards = partition(beats, PrepareConfig(clients=4, partition=scheme))
+    assert len(shards) == 4 and all(len(s) > 0 for s in shards)
+    joined = np.concatenate(shards)
+    assert len(joined) == len(beats) and len(np.unique(joined)) == len(beats)
+
+
+def test_iid_shards_are_stratified() -> None:
+    beats = synthetic_beats(1000)
+    for shard in partition(beats, PrepareConfig(clients=5)):
+        for label in range(5):
+            assert abs(int((beats.y[shard] == label).sum()) - int((beats.y == label).sum()) / 5) <= 1
+
+
+def test_patient_shards_keep_records_whole() -> None:
+    beats = synthetic_beats(900, records=12)
+    owners = [set(beats.record[s]) for s in partition(beats, PrepareConfig(clients=4, partition="patient"))]
+    for i, a in enumerate(owners):
+        for b in owners[i + 1 :]:
+            assert a.isdisjoint(b)
+
+
+def test_dirichlet_skews_labels_more_with_smaller_alpha() -> None:
+    beats = synthetic_beats(3000)
+
+    def spread(alpha: float) -> float:
+        shards = partition(beats, PrepareConfig(clients=5, partition="dirichlet", alpha=alpha))
+        shares = [np.bincount(beats.y[s], minlength=5) / len(s) for s in shards]
+        return float(np.std(shares, axis=0).mean())
+
+    assert spread(0.1) > spread(100.0)
+
+
+# ----------------------------------------------------------------------------- prepare
+
+
+def test_prepare_writes_shards_test_and_manifest(record_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    manifest = prepare(record_dir, out, PrepareConfig(clients=3))
+    written = json.loads((out / MANIFEST).read_text())
+    assert written == manifest
+    assert written["client_files"] == ["client_00.npz", "client_01.npz", "client_02.npz"]
+    total = 0
+    for name, entry in written["files"].items():
+        beats = load_beats(out / name)
+        assert beats.x.dtype == np.float32 and beats.x.shape[1:] == (1, 180) and beats.y.dtype == np.int64
+        assert entry["sha256"] == sha256_of(out / name)
+        assert entry["windows"] == len(beats)
+        assert list(entry["class_counts"].values()) == np.bincount(beats.y, minlength=5).tolist()
+        total += len(beats)
+    assert total == written["windows_total"] == sum(written["class_counts"].values())
+    assert not list(out.glob("*.tmp"))
+
+
+def test_prepare_is_reproducible_with_the_same_seed(record_dir: Path, tmp_path: Path) -> None:
+    first = prepare(record_dir, tmp_path / "a", PrepareConfig(clients=3, seed=7))
+    second = prepare(record_dir, tmp_path / "b", PrepareConfig(clients=3, seed=7))
+    other = prepare(record_dir, tmp_path / "c", PrepareConfig(clients=3, seed=8))
+    hashes = [{k: v["sha256"] for k, v in m["files"].items()} for m in (first, second, other)]
+    assert hashes[0] == hashes[1] != hashes[2]
+
+
+def test_prepare_cli_reports_counts(record_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "cli"
+    assert (
+        main(
+            [
+                "prepare",
+                "--mitdb",
+                str(record_dir),
+                "--out",
+                str(out),
+                "--clients",
+                "2",
+                "--partition",
+                "patient",
+                "--lead",
+                "MLII",
+            ]
+        )
+        == 0
+    )
+    manifest = json.loads((out / MANIFEST).read_text())
+    assert manifest["settings"]["partition"] == "patient" and manifest["settings"]["lead"] == "MLII"
+    assert f"{manifest['windows_total']} windows" in capsys.readouterr().out
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+def _break_missing_atr(d: Path) -> Path:
+    (d / "101.atr").unlink()
+    return d / "101.atr"
+
+
+def _break_missing_dat(d: Path) -> Path:
+    (d / "102.dat").unlink()
+    return d / "102.dat"
+
+
+def _break_corrupt_header(d: Path) -> Path:
+    (d / "103.hea").write_text("this is not a header\n")
+    return d / "103.hea"
+
+
+def _break_sampling_rate(d: Path) -> Path:
+    write_record(d, "104", [500], ["N"], fs=250)
+    return d / "104.hea"
+
+
+@pytest.mark.parametrize(
+    ("breaker", "problem"),
+    [
+        (_break_missing_atr, "missing"),
+        (_break_missing_dat, "missing"),
+        (_break_corrupt_header, "cannot read the header"),
+        (_break_sampling_rate, "sampling rate 250"),
+    ],
+)
+def test_bad_record_names_the_file_and_writes_nothing(
+    record_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture, breaker, problem: str
+) -> None:
+    culprit = breaker(record_dir)
+    out = tmp_path / "out"
+    assert main(["prepare", "--mitdb", str(record_dir), "--out", str(out)]) == 1
+    message = capsys.readouterr().err
+    assert str(culprit) in message and problem in message
+    assert not out.exists()
+
+
+def test_missing_directory(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["prepare", "--mitdb", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o")]) == 1
+    assert "nowhere: no such directory" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_empty_result(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    (tmp_path / "rec").mkdir()
+    write_record(tmp_path / "rec", "105", [500, 900], ["+", "~"])  # annotations, but no beat
+    assert main(["prepare", "--mitdb", str(tmp_path / "rec"), "--out", str(tmp_path / "o")]) == 1
+    assert "no beat of an AAMI class" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_bad_flag_value_names_the_flag(record_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["prepare", "--mitdb", str(record_dir), "--out", str(tmp_path / "o"), "--test-fraction", "1.5"]) == 2
+    assert "--test-fraction" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize(
+    ("arrays", "problem"),
+    [
+        ({"x": np.zeros((4, 180), np.float32), "y": np.zeros(4, np.int64)}, "float32 shaped"),
+        ({"x": np.zeros((4, 1, 180), np.float64), "y": np.zeros(4, np.int64)}, "float32 shaped"),
+        ({"x": np.zeros((4, 1, 180), np.float32), "y": np.array([0, 1, 2, 7])}, "labels must lie in 0..4"),
+        ({"x": np.zeros((0, 1, 180), np.float32), "y": np.zeros(0, np.int64)}, "empty"),
+        ({"windows": np.zeros((4, 1, 180), np.float32)}, "not a shard file"),
+    ],
+)
+def test_bad_shard_is_refused(tmp_path: Path, arrays: dict, problem: str) -> None:
+    path = tmp_path / "shard.npz"
+    np.savez(path, **arrays)
+    with pytest.raises(DataError, match=problem) as error:
+        load_beats(path)
+    assert str(path) in str(error.value)
+
+
+def test_saved_beats_round_trip(tmp_path: Path) -> None:
+    beats = synthetic_beats(50)
+    save_beats(tmp_path / "s.npz", beats)
+    loaded = load_beats(tmp_path / "s.npz")
+    np.testing.assert_array_equal(loaded.x, beats.x)
+    np.testing.assert_array_equal(loaded.y, beats.y)
+    np.testing.assert_array_equal(loaded.record, beats.record)
+
+
+# ----------------------------------------------------------------------------- real MIT-BIH
+
+
+@pytest.mark.realdata
+def test_mitdb_gives_the_papers_window_counts(mitdb: Path, tmp_path: Path) -> None:
+    assert main(["prepare", "--mitdb", str(mitdb), "--out", str(tmp_path / "p")]) == 0
+    manifest = json.loads((tmp_path / "p" / MANIFEST).read_text())
+    assert manifest["windows_total"] == 109_468
+    assert manifest["class_counts"] == {"N": 90_608, "S": 2_781, "V": 7_235, "F": 802, "Q": 8_042}
+    assert len(manifest["records"]) == 48
+    assert manifest["files"][TEST_FILE]["windows"] == 21_894
+
+
+@pytest.mark.realdata
+def test_mitdb_first_lead_is_mlii_except_three_records(mitdb: Path) -> None:
+    other_first = [
+        r for r in sorted(mitdb.glob("*.hea")) if wfdb.rdheader(str(r.with_suffix(""))).sig_name[0] != "MLII"
+    ]
+    assert sorted(p.stem for p in other_first) == ["102", "104", "114"]
+    assert len(read_records(mitdb, names=["100"])) > 2000
+
+
+def test_write_dataset_helper_makes_every_class(tmp_path: Path) -> None:
+    beats = read_records(write_dataset(tmp_path / "d", records=2))
+    assert set(beats.y.tolist()) == {0, 1, 2, 3, 4}

@@ -1,0 +1,155 @@
+"""The paper's CNN, the attacks, adversarial local training and the metrics."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from common.attacks import build_attacks, perturb
+from common.cli import main
+from common.config import AttackSuite, EvalConfig, PgdConfig, PrepareConfig, TrainConfig
+from common.data import Beats, prepare
+from common.metrics import classification_metrics, evaluate
+from common.model import EcgCnn, build_model
+from common.train import train
+from tests.conftest import synthetic_beats
+
+
+def test_model_has_the_papers_parameter_count_and_shape() -> None:
+    model = EcgCnn()
+    assert sum(p.numel() for p in model.parameters()) == 410_021
+    assert model(torch.zeros(7, 1, 180)).shape == (7, 5)
+
+
+def test_build_model_is_seeded_and_leaves_global_rng_alone() -> None:
+    torch.manual_seed(123)
+    before = torch.rand(1)
+    torch.manual_seed(123)
+    a, b = build_model(5), build_model(5)
+    assert torch.rand(1) == before
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True))
+    assert not torch.equal(next(build_model(6).parameters()), next(a.parameters()))
+
+
+@pytest.mark.parametrize("name", ["pgd", "fgsm", "bim", "cw"])
+def test_attacks_stay_in_bounds_and_leave_no_parameter_gradients(name: str) -> None:
+    torch.manual_seed(0)
+    model = EcgCnn().eval()
+    x = torch.rand(16, 1, 180)
+    y = torch.randint(0, 5, (16,))
+    suite = AttackSuite(cw={"steps": 5})
+    adv = perturb(build_attacks(model, suite)[name], model, x, y)
+    assert adv.shape == x.shape and adv.min() >= 0.0 and adv.max() <= 1.0
+    if name != "cw":  # CW is an L2 attack without an eps ball
+        eps = getattr(suite, name).eps
+        assert (adv - x).abs().max() <= eps + 1e-6
+        assert (adv - x).abs().max() > 0.5 * eps  # it did move
+    assert all(p.grad is None and p.requires_grad for p in model.parameters())
+
+
+def test_pgd_raises_the_loss() -> None:
+    torch.manual_seed(0)
+    model = EcgCnn().eval()
+    x, y = torch.rand(32, 1, 180), torch.randint(0, 5, (32,))
+    adv = perturb(build_attacks(model, AttackSuite())["pgd"], model, x, y)
+    loss = torch.nn.functional.cross_entropy
+    with torch.no_grad():
+        assert loss(model(adv), y) > loss(model(x), y)
+
+
+def _train_batches(adversarial: bool, n: int = 20, batch: int = 8) -> list[int]:
+    """Sizes of the batches the model was trained on (forwards in training mode)."""
+    model = EcgCnn()
+    sizes: list[int] = []
+    model.register_forward_hook(lambda m, inputs, _: sizes.append(len(inputs[0])) if m.training else None)
+    cfg = TrainConfig(epochs=1, batch_size=batch, adversarial=adversarial, pgd=PgdConfig(steps=2))
+    history = train(model, synthetic_beats(n), cfg, torch.device("cpu"))
+    assert history[0].windows == sum(sizes)
+    return sizes
+
+
+def test_adversarial_step_trains_on_twice_the_batch() -> None:
+    assert _train_batches(adversarial=True) == [16, 16, 8]  # concat(x, PGD(x)): 2 x (8, 8, 4)
+    assert _train_batches(adversarial=False) == [8, 8, 4]
+
+
+def test_adversarial_batch_is_clean_then_pgd_with_repeated_labels(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+    original = torch.nn.CrossEntropyLoss.forward
+    monkeypatch.setattr(
+        torch.nn.CrossEntropyLoss,
+        "forward",
+        lambda self, logits, target: seen.append(target) or original(self, logits, target),
+    )
+    train(
+        EcgCnn(), synthetic_beats(8), TrainConfig(epochs=1, batch_size=8, pgd=PgdConfig(steps=1)), torch.device("cpu")
+    )
+    training_targets = [t for t in seen if len(t) == 16]
+    assert len(training_targets) == 1
+    assert torch.equal(training_targets[0][:8], training_targets[0][8:])
+
+
+def test_training_reduces_the_loss() -> None:
+    beats = synthetic_beats(400)
+    beats = Beats(beats.x + beats.y[:, None, None].astype(np.float32), beats.y, beats.record)  # learnable
+    beats = Beats((beats.x / beats.x.max()).astype(np.float32), beats.y, beats.record)
+    history = train(EcgCnn(), beats, TrainConfig(epochs=4, adversarial=False), torch.device("cpu"))
+    assert history[-1].loss < history[0].loss
+
+
+def test_metrics_match_hand_computed_values() -> None:
+    m = classification_metrics(np.array([0, 0, 1, 1, 2]), np.array([0, 1, 1, 1, 0]))
+    assert m["accuracy"] == pytest.approx(3 / 5)
+    assert m["precision"] == pytest.approx((1 / 2 + 2 / 3 + 0) / 3)
+    assert m["recall"] == pytest.approx((1 / 2 + 1 + 0) / 3)
+    assert m["f1"] == pytest.approx((1 / 2 + 0.8 + 0) / 3)
+    assert m["recall_per_class"] == {"N": 0.5, "S": 1.0, "V": 0.0, "F": 0.0, "Q": 0.0}
+    assert m["confusion"][0] == [1, 1, 0, 0, 0] and m["confusion"][2] == [1, 0, 0, 0, 0]
+
+
+def test_evaluate_gives_every_condition_and_clean_equals_plain_forward() -> None:
+    torch.manual_seed(0)
+    model = EcgCnn()
+    beats = synthetic_beats(40)
+    cfg = EvalConfig(batch_size=16, attacks=AttackSuite(pgd={"steps": 2}, cw={"steps": 2}, bim={"steps": 2}))
+    results = evaluate(model, beats, cfg, torch.device("cpu"))
+    assert list(results) == ["clean", "pgd", "fgsm", "cw", "bim"]
+    with torch.no_grad():
+        expected = (model(torch.from_numpy(beats.x)).argmax(1).numpy() == beats.y).mean()
+    assert results["clean"]["accuracy"] == pytest.approx(expected)
+    assert evaluate(model, beats, cfg, torch.device("cpu"))["pgd"]["accuracy"] == results["pgd"]["accuracy"]
+
+
+def test_train_local_cli_end_to_end(record_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    prepare(record_dir, tmp_path / "p", PrepareConfig(clients=2))
+    code = main(
+        [
+            "train-local",
+            "--data",
+            str(tmp_path / "p"),
+            "--epochs",
+            "1",
+            "--pgd-steps",
+            "2",
+            "--cw-steps",
+            "2",
+            "--bim-steps",
+            "2",
+            "--save",
+            str(tmp_path / "m.pt"),
+        ]
+    )
+    assert code == 0
+    table = capsys.readouterr().out
+    assert all(condition in table for condition in ("clean", "pgd", "fgsm", "cw", "bim"))
+    EcgCnn().load_state_dict(torch.load(tmp_path / "m.pt"))
+
+
+def test_train_local_bad_flag(record_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["train-local", "--data", str(tmp_path), "--epochs", "0"]) == 2
+    assert "--epochs" in capsys.readouterr().err
+    assert main(["train-local", "--data", str(tmp_path), "--pgd-eps", "-1"]) == 2
+    assert "--pgd-eps" in capsys.readouterr().err
