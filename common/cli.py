@@ -12,11 +12,14 @@ from typing import Any, TypeVar
 import torch
 from pydantic import BaseModel, ValidationError
 
-from common.config import CONDITIONS, EvalConfig, PrepareConfig, TrainConfig
+from common.config import CONDITIONS, EvalConfig, FederationConfig, PrepareConfig, TrainConfig
 from common.data import TEST_FILE, DataError, download_mitdb, load_beats, load_training_set, prepare
+from common.federate import FederateOptions, default_threads, federate
+from common.launcher import LauncherError
 from common.metrics import evaluate, format_table
 from common.model import build_model, pick_device
 from common.train import EpochStats, train
+from server.results import ResultsError
 
 log = logging.getLogger("ecg_fat")
 Settings = TypeVar("Settings", bound=BaseModel)
@@ -42,7 +45,9 @@ def validated(model: type[Settings], values: dict[str, Any], flags: dict[str, st
         return model.model_validate(nested)
     except ValidationError as error:
         first = error.errors()[0]
-        field = ".".join(str(part) for part in first["loc"])
+        field = ".".join(str(part).replace("-", "_") for part in first["loc"])
+        if not field:  # a check across fields; its message names them
+            raise UsageError(first["msg"].removeprefix("Value error, ")) from error
         flag = flags.get(field, "--" + field.replace("_", "-"))
         raise UsageError(f"{flag}: {first['msg']} (got {first.get('input')!r})") from error
 
@@ -50,14 +55,21 @@ def validated(model: type[Settings], values: dict[str, Any], flags: dict[str, st
 # ----------------------------------------------------------------------------- attack flags
 
 ATTACK_FLAGS = {
-    "pgd.eps": "--pgd-eps", "pgd.alpha": "--pgd-alpha", "pgd.steps": "--pgd-steps",
+    "pgd.eps": "--pgd-eps",
+    "pgd.alpha": "--pgd-alpha",
+    "pgd.steps": "--pgd-steps",
     "fgsm.eps": "--fgsm-eps",
-    "cw.c": "--cw-c", "cw.kappa": "--cw-kappa", "cw.steps": "--cw-steps", "cw.lr": "--cw-lr",
-    "bim.eps": "--bim-eps", "bim.alpha": "--bim-alpha", "bim.steps": "--bim-steps",
-}  # fmt: skip
+    "cw.c": "--cw-c",
+    "cw.kappa": "--cw-kappa",
+    "cw.steps": "--cw-steps",
+    "cw.lr": "--cw-lr",
+    "bim.eps": "--bim-eps",
+    "bim.alpha": "--bim-alpha",
+    "bim.steps": "--bim-steps",
+}
 
 
-def add_attack_flags(parser: argparse.ArgumentParser) -> None:
+def add_attack_flags(parser: argparse.ArgumentParser, with_conditions: bool = True) -> None:
     group = parser.add_argument_group(
         "attacks",
         "evaluation attacks (defaults: the paper's PGD 8/255, 1/255, 20; FGSM 8/255; "
@@ -72,12 +84,55 @@ def add_attack_flags(parser: argparse.ArgumentParser) -> None:
 
 def eval_config(args: argparse.Namespace) -> EvalConfig:
     values = {f"attacks.{field}": getattr(args, flag[2:].replace("-", "_")) for field, flag in ATTACK_FLAGS.items()}
-    values |= {"batch_size": args.eval_batch_size, "seed": args.seed, "conditions": args.conditions}
+    values |= {"batch_size": args.eval_batch_size, "seed": args.seed, "conditions": getattr(args, "conditions", None)}
     flags = {f"attacks.{field}": flag for field, flag in ATTACK_FLAGS.items()} | {"batch_size": "--eval-batch-size"}
     return validated(EvalConfig, values, flags)
 
 
 # ----------------------------------------------------------------------------- prepare
+
+
+def add_source_flags(parser: argparse.ArgumentParser, required: bool) -> None:
+    source = parser.add_mutually_exclusive_group(required=required)
+    source.add_argument("--mitdb", type=Path, metavar="DIR", help="directory of WFDB records (.hea/.dat/.atr)")
+    source.add_argument("--download", action="store_true", help="fetch mitdb from PhysioNet into --cache first")
+    parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help=f"download cache (default {DEFAULT_CACHE})")
+
+
+def add_prepare_flags(parser: argparse.ArgumentParser, seed_flag: str) -> None:
+    """How records become shards; `prepare` and `federate` share them."""
+    parser.add_argument("--lead", help="signal index or name (default 0: the first signal, MLII in 45 of 48)")
+    parser.add_argument(
+        "--split",
+        choices=["intra-patient", "inter-patient"],
+        help="default intra-patient; inter-patient: de Chazal's DS1 records train, DS2 test (paced records excluded)",
+    )
+    parser.add_argument("--test-fraction", type=float, help="test share of an intra-patient split (default 0.2)")
+    parser.add_argument(
+        "--partition",
+        choices=["iid", "patient", "dirichlet"],
+        help="iid (stratified, default), patient (whole records per shard), dirichlet (label skew)",
+    )
+    parser.add_argument("--alpha", type=float, help="Dirichlet concentration; smaller = more skew (default 0.5)")
+    parser.add_argument(seed_flag, type=int, dest="data_seed", help="seed of the split and partition (default 42)")
+
+
+def prepare_config(args: argparse.Namespace, clients: int | None, clients_flag: str, seed_flag: str) -> PrepareConfig:
+    lead = int(args.lead) if args.lead is not None and args.lead.isdigit() else args.lead
+    values = {
+        "lead": lead,
+        "split": args.split,
+        "test_fraction": args.test_fraction,
+        "clients": clients,
+        "partition": args.partition,
+        "alpha": args.alpha,
+        "seed": args.data_seed,
+    }
+    return validated(PrepareConfig, values, {"clients": clients_flag, "seed": seed_flag})
+
+
+def source_dir(args: argparse.Namespace) -> Path | None:
+    return download_mitdb(args.cache) if args.download else args.mitdb
 
 
 def add_prepare(commands: argparse._SubParsersAction) -> None:
@@ -88,52 +143,118 @@ def add_prepare(commands: argparse._SubParsersAction) -> None:
         "window around every beat of an AAMI class, scale each to [0, 1], split into a test set and "
         "training shards, and write them with manifest.json to --out.",
     )
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--mitdb", type=Path, metavar="DIR", help="directory of WFDB records (.hea/.dat/.atr)")
-    source.add_argument("--download", action="store_true", help="fetch mitdb from PhysioNet into --cache first")
-    parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help=f"download cache (default {DEFAULT_CACHE})")
+    add_source_flags(parser, required=True)
     parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="output directory")
-    parser.add_argument("--lead", help="signal index or name (default 0: the first signal, MLII in 45 of 48)")
-    parser.add_argument(
-        "--split",
-        choices=["intra-patient", "inter-patient"],
-        help="default intra-patient; inter-patient: de Chazal's DS1 records train, DS2 test (paced records excluded)",
-    )
-    parser.add_argument("--test-fraction", type=float, help="test share of an intra-patient split (default 0.2)")
     parser.add_argument("--clients", type=int, help="number of client shards (default 10)")
-    parser.add_argument(
-        "--partition",
-        choices=["iid", "patient", "dirichlet"],
-        help="iid (stratified, default), patient (whole records per shard), dirichlet (label skew)",
-    )
-    parser.add_argument("--alpha", type=float, help="Dirichlet concentration; smaller = more skew (default 0.5)")
-    parser.add_argument("--seed", type=int, help="seed of the split and partition (default 42)")
+    add_prepare_flags(parser, seed_flag="--seed")
     parser.set_defaults(run=run_prepare)
 
 
 def run_prepare(args: argparse.Namespace) -> int:
-    lead = int(args.lead) if args.lead is not None and args.lead.isdigit() else args.lead
-    cfg = validated(
-        PrepareConfig,
-        {
-            "lead": lead,
-            "split": args.split,
-            "test_fraction": args.test_fraction,
-            "clients": args.clients,
-            "partition": args.partition,
-            "alpha": args.alpha,
-            "seed": args.seed,
-        },
-        {},
-    )
-    source = download_mitdb(args.cache) if args.download else args.mitdb
-    manifest = prepare(source, args.out, cfg)
+    cfg = prepare_config(args, args.clients, "--clients", "--seed")
+    manifest = prepare(source_dir(args), args.out, cfg)
     print(
         f"{manifest['windows_total']} windows {manifest['class_counts']}: "
         f"{manifest['train_windows']} in {len(manifest['client_files'])} shards, "
         f"{manifest['test_windows']} in {args.out / TEST_FILE}"
     )
     return 0
+
+
+# ----------------------------------------------------------------------------- federate
+
+
+def add_federate(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "federate",
+        help="run the whole federation on this machine: SuperLink + SuperNodes over TLS gRPC",
+        description="Prepare the data if needed, make certificates and node keys if missing, start a Flower "
+        "SuperLink (TLS, node authentication) and one SuperNode process per client shard, run federated "
+        "(adversarial) training with robust evaluation after every round, write the results directory, and "
+        "stop every process. Defaults: the paper's protocol (10 nodes, 5 per round, 10 rounds, 5 local "
+        "epochs, adversarial training). Exit code 0 only when the run completed.",
+    )
+    add_source_flags(parser, required=False)
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        default=Path(".ecg-fat"),
+        help="certificates, node keys, state database and logs (default .ecg-fat)",
+    )
+    parser.add_argument(
+        "--data",
+        type=Path,
+        metavar="DIR",
+        help="prepared data (default WORKDIR/data); "
+        "prepared there from --mitdb/--download when missing or made with other settings",
+    )
+    parser.add_argument(
+        "--results", type=Path, metavar="DIR", help="results directory (default results/fat or results/baseline)"
+    )
+    parser.add_argument("--resume", action="store_true", help="continue the run in --results from its last checkpoint")
+    parser.add_argument("--nodes", type=int, default=10, help="SuperNodes, one shard each (default 10)")
+    parser.add_argument("--nodes-per-round", type=int, help="nodes sampled per round (default half: 5 of 10)")
+    parser.add_argument("--rounds", type=int, help="federated rounds (default 10)")
+    parser.add_argument("--local-epochs", type=int, help="local epochs per round (default 5)")
+    parser.add_argument("--batch-size", type=int, help="local batch size (default 64)")
+    parser.add_argument("--lr", type=float, help="Adam learning rate (default 1e-3)")
+    parser.add_argument(
+        "--adversarial",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="federated adversarial training (default on; --no-adversarial: the clean baseline)",
+    )
+    parser.add_argument("--max-train-windows", type=int, help="train on at most this many windows per shard")
+    parser.add_argument("--max-test-windows", type=int, help="evaluate on at most this many test windows")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the weights, sampling and training (default 0)")
+    parser.add_argument("--round-timeout", type=float, help="seconds to wait for a round's replies (default 3600)")
+    parser.add_argument(
+        "--threads-per-node", type=int, help="torch threads per SuperNode (default: cores / nodes per round)"
+    )
+    add_prepare_flags(parser, seed_flag="--data-seed")
+    add_attack_flags(parser, with_conditions=False)
+    parser.set_defaults(run=run_federate)
+
+
+def run_federate(args: argparse.Namespace) -> int:
+    nodes_per_round = args.nodes_per_round or max(1, (args.nodes + 1) // 2)
+    adversarial = args.adversarial is not False
+    results = (args.results or Path("results") / ("fat" if adversarial else "baseline")).resolve()
+    pgd_values = {f"train.pgd.{k}": getattr(args, f"pgd_{k}") for k in ("eps", "alpha", "steps")}
+    values = {
+        "num_rounds": args.rounds,
+        "num_nodes": args.nodes,
+        "nodes_per_round": nodes_per_round,
+        "round_timeout": args.round_timeout,
+        "seed": args.seed,
+        "max_test_windows": args.max_test_windows,
+        "max_train_windows": args.max_train_windows,
+        "results_dir": str(results),
+        "resume": args.resume,
+        "train.epochs": args.local_epochs,
+        "train.batch_size": args.batch_size,
+        "train.lr": args.lr,
+        "train.adversarial": adversarial,
+        "train.seed": args.seed,
+        **pgd_values,
+        **{f"evaluate.{k}": v for k, v in eval_config(args).model_dump(exclude_defaults=True).items()},
+    }
+    flags = {
+        "num_rounds": "--rounds",
+        "num_nodes": "--nodes",
+        "train.epochs": "--local-epochs",
+        **{f"train.pgd.{k}": f"--pgd-{k}" for k in ("eps", "alpha", "steps")},
+    }
+    run_cfg = validated(FederationConfig, values, flags)
+    prepare_cfg = prepare_config(args, args.nodes, "--nodes", "--data-seed")
+    workdir = args.workdir
+    options = FederateOptions(
+        workdir=workdir,
+        source=source_dir(args) if (args.mitdb or args.download) else None,
+        data=args.data or workdir / "data",
+        threads_per_node=args.threads_per_node or default_threads(nodes_per_round),
+    )
+    return federate(options, prepare_cfg, run_cfg)
 
 
 # ----------------------------------------------------------------------------- train-local
@@ -226,7 +347,7 @@ def run_train_local(args: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------------------- entry point
 
-COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_prepare, add_train_local]
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_prepare, add_train_local, add_federate]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -248,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as error:
         print(f"ecg-fat {args.command}: error: {error}", file=sys.stderr)
         return 2
-    except DataError as error:
+    except (DataError, LauncherError, ResultsError) as error:
         print(f"ecg-fat {args.command}: error: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

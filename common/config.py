@@ -7,9 +7,11 @@ objects and never re-parses strings.
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 NUM_CLASSES = 5
 AAMI_CLASSES = ("N", "S", "V", "F", "Q")
@@ -25,17 +27,87 @@ SAMPLING_RATE_HZ = 360
 
 # de Chazal et al. (2004) inter-patient split; the paced records 102, 104, 107, 217 are in neither.
 DS1_RECORDS = (
-    "101", "106", "108", "109", "112", "114", "115", "116", "118", "119", "122",
-    "124", "201", "203", "205", "207", "208", "209", "215", "220", "223", "230",
-)  # fmt: skip
+    "101",
+    "106",
+    "108",
+    "109",
+    "112",
+    "114",
+    "115",
+    "116",
+    "118",
+    "119",
+    "122",
+    "124",
+    "201",
+    "203",
+    "205",
+    "207",
+    "208",
+    "209",
+    "215",
+    "220",
+    "223",
+    "230",
+)
 DS2_RECORDS = (
-    "100", "103", "105", "111", "113", "117", "121", "123", "200", "202", "210",
-    "212", "213", "214", "219", "221", "222", "228", "231", "232", "233", "234",
-)  # fmt: skip
+    "100",
+    "103",
+    "105",
+    "111",
+    "113",
+    "117",
+    "121",
+    "123",
+    "200",
+    "202",
+    "210",
+    "212",
+    "213",
+    "214",
+    "219",
+    "221",
+    "222",
+    "228",
+    "231",
+    "232",
+    "233",
+    "234",
+)
+
+
+class ConfigError(ValueError):
+    """A run-config or node-config value failed validation; the message names the key."""
+
+
+def _kebab(field: str) -> str:
+    return field.replace("_", "-")
 
 
 class _Settings(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Python code uses field names; Flower's run and node configs use the kebab-case aliases.
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, alias_generator=_kebab, validate_by_name=True, validate_by_alias=True
+    )
+
+    @classmethod
+    def from_flat(cls, flat: Mapping[str, object], what: str) -> Self:
+        """Validate Flower's flat config (nested keys joined by '.'); errors name the key."""
+        nested: dict[str, object] = {}
+        for key, value in flat.items():
+            *parents, leaf = key.split(".")
+            target = nested
+            for part in parents:
+                target = target.setdefault(part, {})  # type: ignore[assignment]
+            target[leaf] = value
+        try:
+            return cls.model_validate(nested)
+        except ValidationError as error:
+            problems = "; ".join(
+                f"{what} key '{'.'.join(str(p) for p in e['loc'])}': {e['msg']} (got {e.get('input')!r})"
+                for e in error.errors()
+            )
+            raise ConfigError(problems) from error
 
 
 class WindowConfig(_Settings):
@@ -126,3 +198,58 @@ class EvalConfig(_Settings):
         if not self.conditions:
             raise ValueError("conditions must name at least one of " + ", ".join(CONDITIONS))
         return self
+
+
+class FederationConfig(_Settings):
+    """The Flower run config: `[tool.flwr.app.config]` in pyproject.toml holds exactly these defaults."""
+
+    num_rounds: int = Field(10, ge=1)
+    num_nodes: int = Field(10, ge=1, description="SuperNodes expected; the sampling fraction derives from it")
+    nodes_per_round: int = Field(5, ge=1)
+    round_timeout: float = Field(3600.0, gt=0, description="seconds to wait for the sampled nodes' replies")
+    seed: int = 0
+    test_path: str = Field("", description="absolute path of the server's test set (test.npz)")
+    max_test_windows: int = Field(0, ge=0, description="0: the whole test set")
+    max_train_windows: int = Field(0, ge=0, description="per SuperNode; 0: the whole shard")
+    results_dir: str = Field("", description="absolute path of the run's results directory")
+    resume: bool = False
+    train: TrainConfig = TrainConfig()
+    evaluate: EvalConfig = EvalConfig()
+
+    @model_validator(mode="after")
+    def _sample_fits(self) -> FederationConfig:
+        if self.nodes_per_round > self.num_nodes:
+            raise ValueError(f"nodes-per-round ({self.nodes_per_round}) exceeds num-nodes ({self.num_nodes})")
+        return self
+
+    @classmethod
+    def from_run_config(cls, run_config: Mapping[str, object]) -> FederationConfig:
+        return cls.from_flat(run_config, "run config")
+
+    def to_run_config(self) -> dict[str, bool | int | float | str]:
+        """Flat `key.sub-key = scalar` pairs, as Flower's run config holds them (lists are left out)."""
+
+        def flatten(prefix: str, value: object) -> dict:
+            if isinstance(value, dict):
+                return {k: v for key, sub in value.items() for k, v in flatten(f"{prefix}{key}.", sub).items()}
+            return {prefix[:-1]: value} if isinstance(value, bool | int | float | str) else {}
+
+        return flatten("", self.model_dump(by_alias=True))
+
+
+class NodeConfig(_Settings):
+    """A SuperNode's own settings (`flower-supernode --node-config`)."""
+
+    data_path: Path = Field(description="a prepared shard (.npz) or a directory of WFDB records")
+    lead: int | str = 0
+    threads: int = Field(0, ge=0, description="torch threads for local training; 0: torch's default")
+
+    @model_validator(mode="after")
+    def _data_exists(self) -> NodeConfig:
+        if not self.data_path.exists():
+            raise ValueError(f"data-path {str(self.data_path)!r} does not exist on this node")
+        return self
+
+    @classmethod
+    def from_node_config(cls, node_config: Mapping[str, object]) -> NodeConfig:
+        return cls.from_flat(node_config, "node config")

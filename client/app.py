@@ -1,0 +1,58 @@
+"""The ClientApp: a hospital's SuperNode trains the global model on its own data.
+
+Its data path comes from the SuperNode's node config: a prepared shard (.npz), or a directory of WFDB
+records (the hospital's own recordings), windowed exactly as `ecg-fat prepare` does. Bad data raises
+here: Flower logs the error in the SuperNode's log and sends the server a failed reply, never a
+silent zero-weight update.
+"""
+
+from __future__ import annotations
+
+import torch
+from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from common.config import FederationConfig, NodeConfig
+from common.data import Beats, load_beats, read_records
+from common.model import EcgCnn, pick_device
+from common.train import train
+
+app = ClientApp()
+
+
+def load_local_data(node: NodeConfig) -> Beats:
+    if node.data_path.is_dir():
+        return read_records(node.data_path, lead=node.lead)
+    return load_beats(node.data_path)
+
+
+@app.train()
+def train_round(msg: Message, context: Context) -> Message:
+    cfg = FederationConfig.from_run_config(context.run_config)
+    node = NodeConfig.from_node_config(context.node_config)
+    if node.threads:
+        torch.set_num_threads(node.threads)
+    server_round = int(msg.content["config"]["server-round"])
+    # A different, reproducible seed for every round and node.
+    seed = cfg.train.seed + 1_000 * server_round + context.node_id % 1_000
+    beats = load_local_data(node).subsample(cfg.max_train_windows or None, seed)
+
+    model = EcgCnn()
+    model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+    history = train(model, beats, cfg.train.model_copy(update={"seed": seed}), pick_device())
+    last = history[-1]
+    print(
+        f"round {server_round}: trained on {len(beats)} windows, loss {last.loss:.4f}, "
+        f"accuracy {100 * last.accuracy:.2f}%, {sum(h.seconds for h in history):.1f} s",
+        flush=True,
+    )
+    metrics = MetricRecord(
+        {
+            "num-examples": len(beats),
+            "train-loss": last.loss,
+            "train-accuracy": last.accuracy,
+            "train-seconds": sum(h.seconds for h in history),
+        }
+    )
+    content = RecordDict({"arrays": ArrayRecord(model.state_dict()), "metrics": metrics})
+    return Message(content=content, reply_to=msg)

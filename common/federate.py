@@ -1,0 +1,135 @@
+"""`ecg-fat federate`: the whole federation on one machine, without Docker.
+
+Prepares the data if needed, makes certificates and node keys if missing, starts a SuperLink (TLS,
+node authentication, state database) and N SuperNodes (each given only its own shard), waits until
+all are connected, submits the run, prints progress per round, waits for the run's final status, and
+stops every process it started, also on Ctrl-C or failure. Exit code 0 only for a completed run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from certs.make_certs import make_all, node_key_path
+from common.config import FederationConfig, PrepareConfig
+from common.data import MANIFEST, TEST_FILE, prepare, sha256_of
+from common.launcher import LauncherError, LocalFederation
+from server.evaluation import progress_line
+
+log = logging.getLogger("ecg_fat")
+
+
+@dataclass(frozen=True)
+class FederateOptions:
+    workdir: Path
+    source: Path | None  # WFDB records to prepare from; None: `data` must already be prepared
+    data: Path
+    threads_per_node: int
+    connect_timeout: float = 180.0
+
+
+def ensure_prepared(options: FederateOptions, cfg: PrepareConfig) -> dict:
+    """Reuse `options.data` when its manifest has these settings and its files are intact; else prepare."""
+    manifest_path = options.data / MANIFEST
+    if manifest_path.exists():
+        manifest = json.loads(manifest_path.read_text())
+        same_source = options.source is None or manifest["source"] == str(options.source.resolve())
+        intact = all(
+            (options.data / name).exists() and sha256_of(options.data / name) == entry["sha256"]
+            for name, entry in manifest["files"].items()
+        )
+        if same_source and intact and manifest["settings"] == cfg.model_dump(mode="json"):
+            log.info("using the prepared data in %s", options.data)
+            return manifest
+        if options.source is None:
+            raise LauncherError(f"{options.data} was prepared with other settings; pass --mitdb to prepare again")
+    if options.source is None:
+        raise LauncherError(f"{manifest_path} is missing: pass --mitdb DIR (or --download) to prepare the data")
+    log.info("preparing %d client shards from %s into %s", cfg.clients, options.source, options.data)
+    return prepare(options.source, options.data, cfg)
+
+
+class Progress:
+    """Prints the rows that the ServerApp adds to the results directory, as they appear."""
+
+    def __init__(self, results: Path, num_rounds: int) -> None:
+        self.metrics, self.clients = results / "metrics.jsonl", results / "clients.jsonl"
+        self.num_rounds = num_rounds
+        self.shown = {self.metrics: 0, self.clients: 0}
+
+    def _new_rows(self, path: Path) -> list[dict]:
+        if not path.exists():
+            return []
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line]
+        if len(rows) < self.shown[path]:  # a resumed run rewrote the file
+            self.shown[path] = 0
+        new, self.shown[path] = rows[self.shown[path] :], len(rows)
+        return new
+
+    def __call__(self) -> None:
+        for row in self._new_rows(self.clients):
+            what = (
+                f"{row['num-examples']} windows, loss {row['train-loss']:.4f}"
+                if row["status"] == "ok"
+                else f"FAILED: {row.get('error', '')[:200]}"
+            )
+            log.info("round %d  node %s  %s", row["round"], row["node_id"], what)
+        for row in self._new_rows(self.metrics):
+            log.info("%s", progress_line(row["round"], row["condition"], row))
+
+
+def federate(options: FederateOptions, prepare_cfg: PrepareConfig, run_cfg: FederationConfig) -> int:
+    manifest = ensure_prepared(options, prepare_cfg)
+    shards = [options.data / name for name in manifest["client_files"]]
+    certs = options.workdir / "certs"
+    make_all(certs, len(shards))
+    results = Path(run_cfg.results_dir)
+    federation = LocalFederation(options.workdir.resolve(), certs.resolve())
+    run_id = None
+    try:
+        log.info("starting the SuperLink (TLS, node authentication) on 127.0.0.1:%d", federation.fleet_port)
+        federation.start_superlink()
+        for index in range(len(shards)):
+            federation.register(node_key_path(certs, index).with_suffix(".pub"))
+        for index, shard in enumerate(shards):
+            federation.start_supernode(
+                f"supernode-{index:02d}", shard, node_key_path(certs, index), threads=options.threads_per_node
+            )
+        federation.wait_online(len(shards), timeout=options.connect_timeout)
+        log.info("%d SuperNodes connected; logs in %s", len(shards), federation.logs)
+        run_config = run_cfg.model_copy(update={"test_path": str((options.data / TEST_FILE).resolve())})
+        run_id = federation.submit(run_config.to_run_config())
+        log.info(
+            "run %d submitted: %d rounds, %d of %d nodes per round, %s training; results in %s",
+            run_id,
+            run_cfg.num_rounds,
+            run_cfg.nodes_per_round,
+            run_cfg.num_nodes,
+            "adversarial" if run_cfg.train.adversarial else "clean",
+            results,
+        )
+        status = federation.wait_run(run_id, on_poll=Progress(results, run_cfg.num_rounds))
+        server_log = federation.server_log(run_id)
+        (federation.logs / f"serverapp-{run_id}.log").write_text(server_log)
+        if status != "finished:completed":
+            log.error(
+                "run %d ended %s; the ServerApp's log:\n%s", run_id, status, "\n".join(server_log.splitlines()[-25:])
+            )
+            return 1
+        log.info("run %d completed; results in %s", run_id, results)
+        return 0
+    except KeyboardInterrupt:
+        if run_id is not None:
+            federation.stop_run(run_id)
+        raise
+    finally:
+        federation.stop_all()
+
+
+def default_threads(nodes_per_round: int) -> int:
+    """Torch threads per SuperNode: the cores shared by the nodes that train at once."""
+    return max(1, (os.cpu_count() or 1) // nodes_per_round)

@@ -1,0 +1,46 @@
+"""Central evaluation of the global model on the server's test set after every round."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from flwr.app import ArrayRecord, MetricRecord
+
+from common.config import EvalConfig
+from common.data import Beats
+from common.metrics import evaluate
+from common.model import EcgCnn, pick_device
+from server.results import Results
+
+
+def progress_line(server_round: int, condition: str, m: dict) -> str:
+    return (
+        f"round {server_round:>2} {condition:<5} acc {100 * m['accuracy']:6.2f}  prec {100 * m['precision']:6.2f}"
+        f"  rec {100 * m['recall']:6.2f}  f1 {100 * m['f1']:6.2f}  ({m['seconds']:.1f} s)"
+    )
+
+
+def make_evaluate_fn(
+    test: Beats, cfg: EvalConfig, results: Results, round_offset: int, resumed: bool
+) -> Callable[[int, ArrayRecord], MetricRecord | None]:
+    """Flower calls this with round 0 (the initial weights) and after every round. On resume the rounds
+    are shifted by `round_offset`, and round 0 is the checkpoint that the earlier run already evaluated."""
+    device = pick_device()
+    model = EcgCnn()
+
+    def evaluate_round(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+        if server_round == 0 and resumed:
+            return None
+        real_round = server_round + round_offset
+        state = arrays.to_torch_state_dict()
+        model.load_state_dict(state)
+        metrics = evaluate(
+            model, test, cfg, device, on_condition=lambda c, m: print(progress_line(real_round, c, m), flush=True)
+        )
+        results.add_metrics(real_round, metrics)
+        results.save_checkpoint(real_round, {k: v.detach().cpu() for k, v in state.items()})
+        return MetricRecord(
+            {f"{c}-{k}": float(m[k]) for c, m in metrics.items() for k in ("accuracy", "precision", "recall", "f1")}
+        )
+
+    return evaluate_round
