@@ -1,6 +1,7 @@
 """Make the federation's TLS certificates and SuperNode keys (with `cryptography`).
 
     python -m certs.make_certs --out DIR [--nodes 10] [--san superlink.example.org --san 10.0.0.5]
+    python -m certs.make_certs --node-key FILE     (a hospital site: its own key pair only)
 
 Writes, where missing (existing files are kept, so a re-run never breaks a deployment):
   DIR/ca.crt, DIR/ca.key            a CA (keyUsage keyCertSign, cRLSign)
@@ -164,7 +165,9 @@ def make_all(out: Path, nodes: int, extra_sans: list[str] | tuple[str, ...] = ()
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, required=True, help="directory for the certificates and keys")
+    target = parser.add_mutually_exclusive_group(required=True)
+    target.add_argument("--out", type=Path, help="directory for the CA, the SuperLink certificate and node keys")
+    target.add_argument("--node-key", type=Path, metavar="FILE", help="make one SuperNode key pair: FILE, FILE.pub")
     parser.add_argument("--nodes", type=int, default=10, help="SuperNode key pairs to make (default 10)")
     parser.add_argument(
         "--san",
@@ -176,6 +179,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.nodes < 0:
         parser.error(f"--nodes must be >= 0 (got {args.nodes})")
+    if args.node_key:
+        args.node_key.parent.mkdir(parents=True, exist_ok=True)
+        make_node_key(args.node_key)
+        print(f"node key pair {args.node_key} (private, keep it here) and {args.node_key}.pub (send it to the server)")
+        return 0
     make_all(args.out, args.nodes, args.san)
     print(f"certificates and {args.nodes} node key pairs in {args.out}")
     return 0

@@ -14,8 +14,8 @@ from pydantic import BaseModel, ValidationError
 
 from common.config import CONDITIONS, EvalConfig, FederationConfig, PrepareConfig, TrainConfig
 from common.data import TEST_FILE, DataError, download_mitdb, load_beats, load_training_set, prepare
-from common.federate import FederateOptions, default_threads, federate
-from common.launcher import LauncherError
+from common.federate import FederateOptions, default_threads, federate, submit
+from common.launcher import ControlClient, LauncherError
 from common.metrics import evaluate, format_table
 from common.model import build_model, pick_device
 from common.train import EpochStats, train
@@ -164,6 +164,64 @@ def run_prepare(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- federate
 
 
+def add_run_flags(parser: argparse.ArgumentParser, results_help: str) -> None:
+    """The federated run's settings, shared by `federate` (local) and `submit` (to a running SuperLink)."""
+    parser.add_argument("--results", type=Path, metavar="DIR", help=results_help)
+    parser.add_argument("--resume", action="store_true", help="continue the run in --results from its last checkpoint")
+    parser.add_argument("--nodes", type=int, default=10, help="SuperNodes in the federation (default 10)")
+    parser.add_argument("--nodes-per-round", type=int, help="nodes sampled per round (default half: 5 of 10)")
+    parser.add_argument("--rounds", type=int, help="federated rounds (default 10)")
+    parser.add_argument("--local-epochs", type=int, help="local epochs per round (default 5)")
+    parser.add_argument("--batch-size", type=int, help="local batch size (default 64)")
+    parser.add_argument("--lr", type=float, help="Adam learning rate (default 1e-3)")
+    parser.add_argument(
+        "--adversarial",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="federated adversarial training (default on; --no-adversarial: the clean baseline)",
+    )
+    parser.add_argument("--max-train-windows", type=int, help="train on at most this many windows per shard")
+    parser.add_argument("--max-test-windows", type=int, help="evaluate on at most this many test windows")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the weights, sampling and training (default 0)")
+    parser.add_argument("--round-timeout", type=float, help="seconds to wait for a round's replies (default 3600)")
+    add_attack_flags(parser, with_conditions=False)
+
+
+def run_config(args: argparse.Namespace, results: Path, test_path: Path) -> FederationConfig:
+    """The validated run config from `add_run_flags`' flags; errors name the flag."""
+    pgd_values = {f"train.pgd.{k}": getattr(args, f"pgd_{k}") for k in ("eps", "alpha", "steps")}
+    values = {
+        "num_rounds": args.rounds,
+        "num_nodes": args.nodes,
+        "nodes_per_round": args.nodes_per_round or max(1, (args.nodes + 1) // 2),
+        "round_timeout": args.round_timeout,
+        "seed": args.seed,
+        "test_path": str(test_path),
+        "max_test_windows": args.max_test_windows,
+        "max_train_windows": args.max_train_windows,
+        "results_dir": str(results),
+        "resume": args.resume,
+        "train.epochs": args.local_epochs,
+        "train.batch_size": args.batch_size,
+        "train.lr": args.lr,
+        "train.adversarial": args.adversarial,
+        "train.seed": args.seed,
+        **pgd_values,
+        **{f"evaluate.{k}": v for k, v in eval_config(args).model_dump(exclude_defaults=True).items()},
+    }
+    flags = {
+        "num_rounds": "--rounds",
+        "num_nodes": "--nodes",
+        "train.epochs": "--local-epochs",
+        **{f"train.pgd.{k}": f"--pgd-{k}" for k in ("eps", "alpha", "steps")},
+    }
+    return validated(FederationConfig, values, flags)
+
+
+def default_results(args: argparse.Namespace) -> Path:
+    return Path("results") / ("baseline" if args.adversarial is False else "fat")
+
+
 def add_federate(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
         "federate",
@@ -188,73 +246,54 @@ def add_federate(commands: argparse._SubParsersAction) -> None:
         help="prepared data (default WORKDIR/data); "
         "prepared there from --mitdb/--download when missing or made with other settings",
     )
-    parser.add_argument(
-        "--results", type=Path, metavar="DIR", help="results directory (default results/fat or results/baseline)"
-    )
-    parser.add_argument("--resume", action="store_true", help="continue the run in --results from its last checkpoint")
-    parser.add_argument("--nodes", type=int, default=10, help="SuperNodes, one shard each (default 10)")
-    parser.add_argument("--nodes-per-round", type=int, help="nodes sampled per round (default half: 5 of 10)")
-    parser.add_argument("--rounds", type=int, help="federated rounds (default 10)")
-    parser.add_argument("--local-epochs", type=int, help="local epochs per round (default 5)")
-    parser.add_argument("--batch-size", type=int, help="local batch size (default 64)")
-    parser.add_argument("--lr", type=float, help="Adam learning rate (default 1e-3)")
-    parser.add_argument(
-        "--adversarial",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="federated adversarial training (default on; --no-adversarial: the clean baseline)",
-    )
-    parser.add_argument("--max-train-windows", type=int, help="train on at most this many windows per shard")
-    parser.add_argument("--max-test-windows", type=int, help="evaluate on at most this many test windows")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the weights, sampling and training (default 0)")
-    parser.add_argument("--round-timeout", type=float, help="seconds to wait for a round's replies (default 3600)")
+    add_run_flags(parser, "results directory (default results/fat, or results/baseline with --no-adversarial)")
     parser.add_argument(
         "--threads-per-node", type=int, help="torch threads per SuperNode (default: cores / nodes per round)"
     )
     add_prepare_flags(parser, seed_flag="--data-seed")
-    add_attack_flags(parser, with_conditions=False)
     parser.set_defaults(run=run_federate)
 
 
 def run_federate(args: argparse.Namespace) -> int:
-    nodes_per_round = args.nodes_per_round or max(1, (args.nodes + 1) // 2)
-    adversarial = args.adversarial is not False
-    results = (args.results or Path("results") / ("fat" if adversarial else "baseline")).resolve()
-    pgd_values = {f"train.pgd.{k}": getattr(args, f"pgd_{k}") for k in ("eps", "alpha", "steps")}
-    values = {
-        "num_rounds": args.rounds,
-        "num_nodes": args.nodes,
-        "nodes_per_round": nodes_per_round,
-        "round_timeout": args.round_timeout,
-        "seed": args.seed,
-        "max_test_windows": args.max_test_windows,
-        "max_train_windows": args.max_train_windows,
-        "results_dir": str(results),
-        "resume": args.resume,
-        "train.epochs": args.local_epochs,
-        "train.batch_size": args.batch_size,
-        "train.lr": args.lr,
-        "train.adversarial": adversarial,
-        "train.seed": args.seed,
-        **pgd_values,
-        **{f"evaluate.{k}": v for k, v in eval_config(args).model_dump(exclude_defaults=True).items()},
-    }
-    flags = {
-        "num_rounds": "--rounds",
-        "num_nodes": "--nodes",
-        "train.epochs": "--local-epochs",
-        **{f"train.pgd.{k}": f"--pgd-{k}" for k in ("eps", "alpha", "steps")},
-    }
-    run_cfg = validated(FederationConfig, values, flags)
-    prepare_cfg = prepare_config(args, args.nodes, "--nodes", "--data-seed")
-    workdir = args.workdir
+    data = args.data or args.workdir / "data"
+    cfg = run_config(args, (args.results or default_results(args)).resolve(), (data / TEST_FILE).resolve())
     options = FederateOptions(
-        workdir=workdir,
+        workdir=args.workdir,
         source=source_dir(args) if (args.mitdb or args.download) else None,
-        data=args.data or workdir / "data",
-        threads_per_node=args.threads_per_node or default_threads(nodes_per_round),
+        data=data,
+        threads_per_node=args.threads_per_node or default_threads(cfg.nodes_per_round),
     )
-    return federate(options, prepare_cfg, run_cfg)
+    return federate(options, prepare_config(args, args.nodes, "--nodes", "--data-seed"), cfg)
+
+
+# ----------------------------------------------------------------------------- submit
+
+
+def add_submit(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "submit",
+        help="register node keys with a running SuperLink, submit a run, follow it to its end",
+        description="For a SuperLink that runs already (the compose `runner`, or the server of a deployment "
+        "across hospitals): register every SuperNode public key in --keys, wait until --nodes SuperNodes are "
+        "connected, submit the run, print its progress round by round, write summary.txt to the results "
+        "directory, and exit 0 only when the run completed. --results and --test-path are paths as the "
+        "SuperLink's ServerApp sees them.",
+    )
+    parser.add_argument("--superlink", default="superlink:8000", help="Control API address (default superlink:8000)")
+    parser.add_argument("--ca", type=Path, required=True, help="the federation's CA certificate (ca.crt)")
+    parser.add_argument("--keys", type=Path, metavar="DIR", help="register every *.pub SuperNode key in DIR")
+    parser.add_argument("--test-path", type=Path, required=True, help="the test set (test.npz) on the SuperLink")
+    parser.add_argument("--ready-file", type=Path, help="touch this file once every key is registered (healthcheck)")
+    parser.add_argument("--connect-timeout", type=float, default=600.0, help="seconds to wait for the nodes")
+    parser.add_argument("--home", type=Path, default=Path.home() / ".flwr", help="flwr CLI home (default ~/.flwr)")
+    add_run_flags(parser, "results directory on the SuperLink (default results/fat or results/baseline)")
+    parser.set_defaults(run=run_submit)
+
+
+def run_submit(args: argparse.Namespace) -> int:
+    cfg = run_config(args, (args.results or default_results(args)).resolve(), args.test_path)
+    keys = sorted(args.keys.glob("*.pub")) if args.keys else []
+    return submit(ControlClient(args.superlink, args.ca, args.home), cfg, keys, args.connect_timeout, args.ready_file)
 
 
 # ----------------------------------------------------------------------------- train-local
@@ -347,7 +386,7 @@ def run_train_local(args: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------------------- entry point
 
-COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_prepare, add_train_local, add_federate]
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_prepare, add_train_local, add_federate, add_submit]
 
 
 def build_parser() -> argparse.ArgumentParser:

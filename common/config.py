@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 NUM_CLASSES = 5
 AAMI_CLASSES = ("N", "S", "V", "F", "Q")
@@ -105,6 +105,8 @@ class _Settings(BaseModel):
         except ValidationError as error:
             problems = "; ".join(
                 f"{what} key '{'.'.join(str(p) for p in e['loc'])}': {e['msg']} (got {e.get('input')!r})"
+                if e["loc"]
+                else f"{what}: {e['msg'].removeprefix('Value error, ')}"  # a check across keys names them
                 for e in error.errors()
             )
             raise ConfigError(problems) from error
@@ -244,11 +246,12 @@ class NodeConfig(_Settings):
     lead: int | str = 0
     threads: int = Field(0, ge=0, description="torch threads for local training; 0: torch's default")
 
-    @model_validator(mode="after")
-    def _data_exists(self) -> NodeConfig:
-        if not self.data_path.exists():
-            raise ValueError(f"data-path {str(self.data_path)!r} does not exist on this node")
-        return self
+    @field_validator("data_path")
+    @classmethod
+    def _data_exists(cls, path: Path) -> Path:
+        if not path.exists():
+            raise ValueError(f"{path} does not exist on this node")
+        return path
 
     @classmethod
     def from_node_config(cls, node_config: Mapping[str, object]) -> NodeConfig:

@@ -263,6 +263,7 @@ def sha256_of(path: Path) -> str:
 def write_atomically(path: Path, write: Callable[[object], None]) -> None:
     """Write via `write(file)` to a temporary file beside `path`, then rename it into place."""
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.chmod(temporary, 0o644)  # mkstemp makes 0600; outputs are meant to be read
     try:
         with os.fdopen(handle, "wb") as file:
             write(file)

@@ -11,14 +11,17 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from certs.make_certs import make_all, node_key_path
 from common.config import FederationConfig, PrepareConfig
 from common.data import MANIFEST, TEST_FILE, prepare, sha256_of
-from common.launcher import LauncherError, LocalFederation
+from common.launcher import ControlClient, LauncherError, LocalFederation
+from common.metrics import format_table
 from server.evaluation import progress_line
+from server.results import Results
 
 log = logging.getLogger("ecg_fat")
 
@@ -82,19 +85,79 @@ class Progress:
             log.info("%s", progress_line(row["round"], row["condition"], row))
 
 
+def follow(control: ControlClient, run_id: int, run_cfg: FederationConfig, check: Callable[[], None]) -> int:
+    """Print the run's progress until it ends; keep the ServerApp's log; 0 only for a completed run."""
+    results = Path(run_cfg.results_dir)
+    progress = Progress(results, run_cfg.num_rounds)
+
+    def poll() -> None:
+        progress()
+        check()
+
+    status = control.wait_run(run_id, on_poll=poll)
+    server_log = control.server_log(run_id)
+    if results.is_dir():
+        (results / "serverapp.log").write_text(server_log)
+    if status != "finished:completed":
+        log.error(
+            "run %d ended %s; the ServerApp's log ends:\n%s", run_id, status, "\n".join(server_log.splitlines()[-25:])
+        )
+        return 1
+    summary = summarize(results)
+    (results / "summary.txt").write_text(summary + "\n")
+    log.info("run %d completed; results in %s\n%s", run_id, results, summary)
+    return 0
+
+
+def summarize(results: Path) -> str:
+    """The last round's metrics as a table."""
+    rows = Results(results).read_jsonl("metrics")
+    last = max(row["round"] for row in rows)
+    return f"round {last}\n" + format_table({row["condition"]: row for row in rows if row["round"] == last})
+
+
+def submit(
+    control: ControlClient,
+    run_cfg: FederationConfig,
+    keys: list[Path],
+    connect_timeout: float,
+    ready_file: Path | None = None,
+) -> int:
+    """Against a running SuperLink: register keys, wait for the nodes, submit, follow."""
+    for key in keys:
+        control.register(key)
+    if ready_file:
+        ready_file.touch()
+    log.info("registered %d SuperNode keys; waiting for %d SuperNodes", len(keys), run_cfg.num_nodes)
+    control.wait_online(run_cfg.num_nodes, connect_timeout)
+    run_id = control.submit(run_cfg.to_run_config())
+    log.info("run %d submitted: %s", run_id, describe(run_cfg))
+    try:
+        return follow(control, run_id, run_cfg, check=lambda: None)
+    except KeyboardInterrupt:
+        control.stop_run(run_id)
+        raise
+
+
+def describe(cfg: FederationConfig) -> str:
+    return (
+        f"{cfg.num_rounds} rounds, {cfg.nodes_per_round} of {cfg.num_nodes} nodes per round, "
+        f"{'adversarial' if cfg.train.adversarial else 'clean'} training; results in {cfg.results_dir}"
+    )
+
+
 def federate(options: FederateOptions, prepare_cfg: PrepareConfig, run_cfg: FederationConfig) -> int:
     manifest = ensure_prepared(options, prepare_cfg)
     shards = [options.data / name for name in manifest["client_files"]]
     certs = options.workdir / "certs"
     make_all(certs, len(shards))
-    results = Path(run_cfg.results_dir)
     federation = LocalFederation(options.workdir.resolve(), certs.resolve())
     run_id = None
     try:
         log.info("starting the SuperLink (TLS, node authentication) on 127.0.0.1:%d", federation.fleet_port)
         federation.start_superlink()
         for index in range(len(shards)):
-            federation.register(node_key_path(certs, index).with_suffix(".pub"))
+            federation.control.register(node_key_path(certs, index).with_suffix(".pub"))
         for index, shard in enumerate(shards):
             federation.start_supernode(
                 f"supernode-{index:02d}", shard, node_key_path(certs, index), threads=options.threads_per_node
@@ -102,29 +165,17 @@ def federate(options: FederateOptions, prepare_cfg: PrepareConfig, run_cfg: Fede
         federation.wait_online(len(shards), timeout=options.connect_timeout)
         log.info("%d SuperNodes connected; logs in %s", len(shards), federation.logs)
         run_config = run_cfg.model_copy(update={"test_path": str((options.data / TEST_FILE).resolve())})
-        run_id = federation.submit(run_config.to_run_config())
-        log.info(
-            "run %d submitted: %d rounds, %d of %d nodes per round, %s training; results in %s",
-            run_id,
-            run_cfg.num_rounds,
-            run_cfg.nodes_per_round,
-            run_cfg.num_nodes,
-            "adversarial" if run_cfg.train.adversarial else "clean",
-            results,
-        )
-        status = federation.wait_run(run_id, on_poll=Progress(results, run_cfg.num_rounds))
-        server_log = federation.server_log(run_id)
-        (federation.logs / f"serverapp-{run_id}.log").write_text(server_log)
-        if status != "finished:completed":
-            log.error(
-                "run %d ended %s; the ServerApp's log:\n%s", run_id, status, "\n".join(server_log.splitlines()[-25:])
-            )
-            return 1
-        log.info("run %d completed; results in %s", run_id, results)
-        return 0
+        run_id = federation.control.submit(run_config.to_run_config())
+        log.info("run %d submitted: %s", run_id, describe(run_cfg))
+
+        def superlink_alive() -> None:
+            if federation.processes["superlink"].poll() is not None:
+                raise LauncherError(f"the SuperLink died during run {run_id}:\n{federation.log_tail('superlink')}")
+
+        return follow(federation.control, run_id, run_cfg, check=superlink_alive)
     except KeyboardInterrupt:
         if run_id is not None:
-            federation.stop_run(run_id)
+            federation.control.stop_run(run_id)
         raise
     finally:
         federation.stop_all()

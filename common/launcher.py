@@ -37,132 +37,67 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def descendants(pid: int) -> list[int]:
+    """Every live process below `pid` (read from /proc), children before grandchildren."""
+    parents: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            parents.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, queue = [], [pid]
+    while queue:
+        children = parents.get(queue.pop(0), [])
+        found += children
+        queue += children
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _signal_all(pids: list[int], sig: signal.Signals) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+
+
 def _bin(name: str) -> str:
     """A console script of this environment (beside the running Python), else from PATH."""
     beside = Path(sys.executable).parent / name
     return str(beside) if beside.exists() else name
 
 
-@dataclass
-class LocalFederation:
-    """Paths and ports of one local federation; start the pieces, then `stop_all`."""
+class ControlClient:
+    """The `flwr` CLI against one SuperLink's Control API (HTTPS, verified with the federation's CA)."""
 
-    workdir: Path
-    certs: Path
-    fleet_port: int = field(default_factory=free_port)
-    control_port: int = field(default_factory=free_port)
-    processes: dict[str, subprocess.Popen] = field(default_factory=dict)
+    def __init__(self, address: str, ca: Path, home: Path) -> None:
+        self.address, self.ca = address, ca.resolve()
+        home.mkdir(parents=True, exist_ok=True)
+        # The flwr CLI reads its connections from FLWR_HOME (root-certificates must be absolute).
+        config = {"superlink": {CONNECTION: {"address": address, "root-certificates": str(self.ca)}}}
+        (home / "config.toml").write_text(tomli_w.dumps(config))
+        self.env = {**os.environ, **FLOWER_ENV, "FLWR_HOME": str(home)}
+        self.cwd = home
 
-    def __post_init__(self) -> None:
-        self.logs = self.workdir / "logs"
-        self.flwr_home = self.workdir / "flwr-home"
-        for directory in (self.logs, self.flwr_home, self.workdir / "state"):
-            directory.mkdir(parents=True, exist_ok=True)
-        # The flwr CLI's connection to this SuperLink (root-certificates must be absolute).
-        config = {
-            "superlink": {
-                CONNECTION: {
-                    "address": f"127.0.0.1:{self.control_port}",
-                    "root-certificates": str((self.certs / "ca.crt").resolve()),
-                }
-            }
-        }
-        (self.flwr_home / "config.toml").write_text(tomli_w.dumps(config))
-        self.env = {**os.environ, **FLOWER_ENV, "FLWR_HOME": str(self.flwr_home)}
-
-    # ------------------------------------------------------------------ processes
-
-    def spawn(self, name: str, command: list[str]) -> subprocess.Popen:
-        log = (self.logs / f"{name}.log").open("ab")
-        process = subprocess.Popen(
-            command, stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True, cwd=self.workdir
-        )
-        log.close()
-        self.processes[name] = process
-        return process
-
-    def stop(self, name: str, grace: float = 10.0) -> None:
-        process = self.processes.pop(name, None)
-        if process is None or process.poll() is not None:
-            return
-        for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
-            try:
-                os.killpg(process.pid, sig)  # the process and the Flower apps it spawned
-            except ProcessLookupError:
-                return
-            try:
-                process.wait(wait)
-                break
-            except subprocess.TimeoutExpired:
-                continue
-        with contextlib.suppress(ProcessLookupError):  # children left in the group (a ClientApp) go too
-            os.killpg(process.pid, signal.SIGKILL)
-
-    def kill(self, name: str) -> None:
-        """Kill abruptly, as a crash or a pulled cable would."""
-        process = self.processes.pop(name)
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
-
-    def stop_all(self) -> None:
-        for name in sorted(self.processes, key=lambda n: n == "superlink"):  # SuperNodes first
-            self.stop(name)
-
-    def log_tail(self, name: str, lines: int = 30) -> str:
-        path = self.logs / f"{name}.log"
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
-
-    # ------------------------------------------------------------------ SuperLink
-
-    def start_superlink(self, timeout: float = 60.0) -> None:
-        self.spawn(
-            "superlink",
-            [
-                _bin("flower-superlink"),
-                "--ssl-ca-certfile",
-                str(self.certs / "ca.crt"),
-                "--ssl-certfile",
-                str(self.certs / "server.pem"),
-                "--ssl-keyfile",
-                str(self.certs / "server.key"),
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(self.control_port),
-                "--fleet-api-type",
-                "grpc-rere",
-                "--fleet-api-address",
-                f"127.0.0.1:{self.fleet_port}",
-                "--enable-supernode-auth",
-                "--database",
-                str(self.workdir / "state" / "state.db"),
-                "--disable-runtime-dependency-installation",
-            ],
-        )
-        context = ssl.create_default_context(cafile=str(self.certs / "ca.crt"))
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.processes["superlink"].poll() is not None:
-                raise LauncherError(f"the SuperLink exited at start:\n{self.log_tail('superlink')}")
-            try:
-                url = f"https://127.0.0.1:{self.control_port}/health"
-                with urllib.request.urlopen(url, context=context, timeout=2) as response:
-                    if response.status == 200:
-                        return
-            except OSError:
-                time.sleep(0.5)
-        raise LauncherError(f"the SuperLink did not answer on port {self.control_port} within {timeout:.0f} s")
+    def healthy(self) -> bool:
+        context = ssl.create_default_context(cafile=str(self.ca))
+        try:
+            with urllib.request.urlopen(f"https://{self.address}/health", context=context, timeout=2) as answer:
+                return answer.status == 200
+        except OSError:
+            return False
 
     def flwr(self, *args: str, timeout: float = 120.0) -> dict:
         """Run a `flwr` CLI command against this SuperLink and return its JSON answer."""
         done = subprocess.run(
-            [_bin("flwr"), *args, "--format", "json"],
-            capture_output=True,
-            text=True,
-            env=self.env,
-            timeout=timeout,
-            cwd=self.workdir,
-        )
+            [_bin("flwr"), *args, "--format", "json"], capture_output=True, text=True, env=self.env,
+            timeout=timeout, cwd=self.cwd,
+        )  # fmt: skip
         start = done.stdout.find("{")
         try:
             return json.loads(done.stdout[start:]) if start >= 0 else {"success": False, "error-message": done.stderr}
@@ -170,6 +105,7 @@ class LocalFederation:
             return {"success": False, "error-message": done.stdout + done.stderr}
 
     def register(self, public_key: Path) -> None:
+        """Register a SuperNode's public key; a key registered already is fine."""
         answer = self.flwr("supernode", "register", str(public_key), CONNECTION)
         if not answer.get("success") and "already in use" not in answer.get("error-message", ""):
             raise LauncherError(f"registering {public_key} failed: {answer.get('error-message')}")
@@ -178,54 +114,18 @@ class LocalFederation:
         answer = self.flwr("supernode", "list", CONNECTION)
         return sum(node.get("status") == "online" for node in answer.get("nodes", []))
 
-    # ------------------------------------------------------------------ SuperNodes
-
-    def start_supernode(
-        self,
-        name: str,
-        data_path: Path,
-        private_key: Path | None,
-        threads: int = 0,
-        root_certificates: Path | None = None,
-        insecure: bool = False,
-        max_wait: float = 120.0,
-    ) -> subprocess.Popen:
-        node_config = f'data-path="{data_path.resolve()}" threads={threads}'
-        command = [
-            _bin("flower-supernode"),
-            "--superlink",
-            f"127.0.0.1:{self.fleet_port}",
-            "--port",
-            str(free_port()),
-            "--node-config",
-            node_config,
-            "--max-retries",
-            "10",
-            "--max-wait-time",
-            str(max_wait),
-        ]
-        if insecure:  # only the refusal test asks for this; no shipped command does
-            command.append("--insecure")
-        else:
-            command += ["--root-certificates", str(root_certificates or self.certs / "ca.crt")]
-        if private_key is not None:
-            command += ["--auth-supernode-private-key", str(private_key)]
-        return self.spawn(name, command)
-
-    def wait_online(self, count: int, timeout: float = 120.0) -> None:
+    def wait_online(self, count: int, timeout: float, check: Callable[[], None] | None = None) -> None:
+        """Wait until `count` SuperNodes are online; `check` may raise to give up early."""
         deadline = time.monotonic() + timeout
         while (online := self.online_nodes()) < count:
-            dead = [n for n, p in self.processes.items() if p.poll() is not None]
-            if dead:
-                raise LauncherError(f"{', '.join(dead)} exited before connecting:\n{self.log_tail(dead[0])}")
+            if check:
+                check()
             if time.monotonic() > deadline:
                 raise LauncherError(f"only {online} of {count} SuperNodes connected within {timeout:.0f} s")
             time.sleep(1.0)
 
-    # ------------------------------------------------------------------ runs
-
     def submit(self, run_config: dict, app_dir: Path = APP_DIR) -> int:
-        overrides = self.workdir / "run-config.toml"
+        overrides = self.cwd / "run-config.toml"
         overrides.write_text(tomli_w.dumps(run_config))
         answer = self.flwr("run", str(app_dir), CONNECTION, "--run-config", str(overrides))
         if not answer.get("success"):
@@ -236,13 +136,17 @@ class LocalFederation:
         runs = self.flwr("ls", CONNECTION, "--run-id", str(run_id)).get("runs", [])
         return runs[0]["status"] if runs else "unknown"
 
-    def wait_run(self, run_id: int, on_poll: Callable[[], None] | None = None, poll: float = 3.0) -> str:
+    def wait_run(
+        self, run_id: int, on_poll: Callable[[], None] | None = None, poll: float = 3.0, timeout: float | None = None
+    ) -> str:
         """Poll until the run is `finished:...` (`flwr run --stream` exits 0 even on failure)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
         while not (status := self.run_status(run_id)).startswith("finished"):
-            if self.processes.get("superlink") is not None and self.processes["superlink"].poll() is not None:
-                raise LauncherError(f"the SuperLink died during run {run_id}:\n{self.log_tail('superlink')}")
             if on_poll:
                 on_poll()
+            if deadline is not None and time.monotonic() > deadline:
+                self.stop_run(run_id)
+                raise LauncherError(f"run {run_id} did not finish within {timeout:.0f} s (status {status}); stopped")
             time.sleep(poll)
         if on_poll:
             on_poll()
@@ -250,14 +154,136 @@ class LocalFederation:
 
     def server_log(self, run_id: int) -> str:
         done = subprocess.run(
-            [_bin("flwr"), "log", str(run_id), CONNECTION, "--show"],
-            capture_output=True,
-            text=True,
-            env=self.env,
-            timeout=120,
-            cwd=self.workdir,
-        )
+            [_bin("flwr"), "log", str(run_id), CONNECTION, "--show"], capture_output=True, text=True,
+            env=self.env, timeout=120, cwd=self.cwd,
+        )  # fmt: skip
         return done.stdout + done.stderr
 
     def stop_run(self, run_id: int) -> None:
         self.flwr("stop", str(run_id), CONNECTION)
+
+
+@dataclass
+class LocalFederation:
+    """Processes of one federation on 127.0.0.1: start the pieces, then `stop_all`."""
+
+    workdir: Path
+    certs: Path
+    fleet_port: int = field(default_factory=free_port)
+    control_port: int = field(default_factory=free_port)
+    processes: dict[str, subprocess.Popen] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.logs = self.workdir / "logs"
+        for directory in (self.logs, self.workdir / "state"):
+            directory.mkdir(parents=True, exist_ok=True)
+        self.control = ControlClient(
+            f"127.0.0.1:{self.control_port}", self.certs / "ca.crt", self.workdir / "flwr-home"
+        )
+
+    # ------------------------------------------------------------------ processes
+
+    def spawn(self, name: str, command: list[str]) -> subprocess.Popen:
+        log = (self.logs / f"{name}.log").open("ab")
+        process = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, env=self.control.env, start_new_session=True,
+            cwd=self.workdir,
+        )  # fmt: skip
+        log.close()
+        self.processes[name] = process
+        return process
+
+    def stop(self, name: str, grace: float = 10.0) -> None:
+        """SIGTERM the process and everything it spawned, SIGKILL what is left after `grace` seconds.
+
+        Flower's SuperLink and SuperNode start their SuperExec in a session of its own, so the whole
+        process tree is collected first: a process group would miss the ServerApp and ClientApps.
+        """
+        process = self.processes.pop(name, None)
+        if process is None:
+            return
+        tree = [process.pid, *descendants(process.pid)]
+        _signal_all(tree, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(grace)
+        deadline = time.monotonic() + grace
+        while any(_alive(pid) for pid in tree[1:]) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        _signal_all(tree, signal.SIGKILL)
+        process.wait()
+
+    def kill(self, name: str) -> None:
+        """Kill abruptly, with everything it spawned, as a crash or a pulled plug would."""
+        process = self.processes.pop(name)
+        _signal_all([process.pid, *descendants(process.pid)], signal.SIGKILL)
+        process.wait()
+
+    def stop_all(self) -> None:
+        for name in sorted(self.processes, key=lambda n: n == "superlink"):  # SuperNodes first
+            self.stop(name)
+
+    def log_tail(self, name: str, lines: int = 30) -> str:
+        path = self.logs / f"{name}.log"
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
+
+    # ------------------------------------------------------------------ SuperLink and SuperNodes
+
+    def start_superlink(self, timeout: float = 60.0) -> None:
+        """Start the SuperLink on a fresh state database.
+
+        A SuperLink that restarts on an old database still lists the nodes of its last life as online
+        until their heartbeats lapse, and refuses the same keys meanwhile; this launcher starts every
+        piece anew (and resumes runs from the results directory's checkpoints), so it needs no old state.
+        """
+        database = self.workdir / "state" / "state.db"
+        database.unlink(missing_ok=True)
+        self.spawn("superlink", [
+            _bin("flower-superlink"),
+            "--ssl-ca-certfile", str(self.certs / "ca.crt"),
+            "--ssl-certfile", str(self.certs / "server.pem"),
+            "--ssl-keyfile", str(self.certs / "server.key"),
+            "--host", "127.0.0.1", "--port", str(self.control_port),
+            "--fleet-api-type", "grpc-rere", "--fleet-api-address", f"127.0.0.1:{self.fleet_port}",
+            "--enable-supernode-auth",
+            "--database", str(database),
+            "--disable-runtime-dependency-installation",
+        ])  # fmt: skip
+        deadline = time.monotonic() + timeout
+        while not self.control.healthy():
+            if self.processes["superlink"].poll() is not None:
+                raise LauncherError(f"the SuperLink exited at start:\n{self.log_tail('superlink')}")
+            if time.monotonic() > deadline:
+                raise LauncherError(f"the SuperLink did not answer on port {self.control_port} in {timeout:.0f} s")
+            time.sleep(0.5)
+
+    def supernode_command(self, data_path: Path, threads: int = 0, max_wait: float = 120.0) -> list[str]:
+        """flower-supernode for this SuperLink, without its trust settings."""
+        node_config = f'data-path="{data_path.resolve()}" threads={threads}'
+        return [
+            _bin("flower-supernode"), "--superlink", f"127.0.0.1:{self.fleet_port}", "--port", str(free_port()),
+            "--node-config", node_config, "--max-retries", "10", "--max-wait-time", str(max_wait),
+        ]  # fmt: skip
+
+    def start_supernode(
+        self,
+        name: str,
+        data_path: Path,
+        private_key: Path | None,
+        threads: int = 0,
+        root_certificates: Path | None = None,
+        max_wait: float = 120.0,
+    ) -> subprocess.Popen:
+        command = self.supernode_command(data_path, threads, max_wait)
+        command += ["--root-certificates", str(root_certificates or self.certs / "ca.crt")]
+        if private_key is not None:
+            command += ["--auth-supernode-private-key", str(private_key)]
+        return self.spawn(name, command)
+
+    def check_alive(self) -> None:
+        """Raise if a started process has exited (used while waiting on the federation)."""
+        dead = [name for name, process in self.processes.items() if process.poll() is not None]
+        if dead:
+            raise LauncherError(f"{', '.join(dead)} exited:\n{self.log_tail(dead[0])}")
+
+    def wait_online(self, count: int, timeout: float = 120.0) -> None:
+        self.control.wait_online(count, timeout, check=self.check_alive)

@@ -30,26 +30,33 @@ class RecordingFedAvg(FedAvg):
         )
         self.results = results
         self.round_offset = round_offset
+        self.sampled: list[int] = []
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        return super().configure_train(server_round + self.round_offset, arrays, config, grid)
+        messages = list(super().configure_train(server_round + self.round_offset, arrays, config, grid))
+        self.sampled = [message.metadata.dst_node_id for message in messages]
+        return messages
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         replies = list(replies)
         real_round = server_round + self.round_offset
+        updates = {r.metadata.src_node_id: r for r in replies if not r.has_error()}
+        errors = {r.metadata.src_node_id: r.error.reason for r in replies if r.has_error()}
+        # A node that died answers nothing; the SuperLink's error for it comes from the SuperLink's id.
+        unattributed = [reason for node, reason in errors.items() if node not in self.sampled]
         rows = []
-        for reply in replies:
-            row = {"round": real_round, "node_id": reply.metadata.src_node_id}
-            if reply.has_error():
-                row |= {"status": "failed", "error": reply.error.reason}
+        for node in self.sampled:
+            row: dict = {"round": real_round, "node_id": node}
+            if node in updates:
+                row |= {"status": "ok", **dict(updates[node].content["metrics"])}
             else:
-                row |= {"status": "ok", **dict(reply.content["metrics"])}
+                reason = errors.get(node) or (unattributed.pop(0) if unattributed else "no reply")
+                row |= {"status": "failed", "error": reason}
             rows.append(row)
         self.results.add_clients(rows)
-        ok = sum(row["status"] == "ok" for row in rows)
-        print(f"round {real_round}: {ok} of {len(rows)} sampled nodes replied with an update", flush=True)
+        print(f"round {real_round}: {len(updates)} of {len(rows)} sampled nodes replied with an update", flush=True)
         return super().aggregate_train(real_round, replies)

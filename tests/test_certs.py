@@ -1,0 +1,82 @@
+"""Certificates: what Python's strict TLS verification and Flower's node authentication need."""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import ssl
+import stat
+import threading
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import load_ssh_private_key, load_ssh_public_key
+from cryptography.x509.oid import ExtendedKeyUsageOID
+
+from certs.make_certs import main, make_all
+
+
+def _cert(path: Path) -> x509.Certificate:
+    return x509.load_pem_x509_certificate(path.read_bytes())
+
+
+def test_ca_and_server_certificate_extensions(tmp_path: Path) -> None:
+    make_all(tmp_path, nodes=0, extra_sans=["fl.hospital.example", "10.1.2.3"])
+    ca, server = _cert(tmp_path / "ca.crt"), _cert(tmp_path / "server.pem")
+    usage = ca.extensions.get_extension_for_class(x509.KeyUsage).value
+    assert usage.key_cert_sign and usage.crl_sign
+    assert ca.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    eku = server.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert ExtendedKeyUsageOID.SERVER_AUTH in eku
+    san = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert set(san.get_values_for_type(x509.DNSName)) == {"superlink", "localhost", "fl.hospital.example"}
+    assert set(san.get_values_for_type(x509.IPAddress)) == {
+        ipaddress.ip_address(a) for a in ("127.0.0.1", "::1", "10.1.2.3")
+    }
+
+
+def test_private_keys_are_0600_and_node_keys_are_p384_openssh(tmp_path: Path) -> None:
+    assert main(["--out", str(tmp_path), "--nodes", "2"]) == 0
+    for key in ("ca.key", "server.key", "node-00", "node-01"):
+        assert stat.S_IMODE((tmp_path / key).stat().st_mode) == 0o600
+    private = load_ssh_private_key((tmp_path / "node-01").read_bytes(), password=None)
+    public = load_ssh_public_key((tmp_path / "node-01.pub").read_bytes())
+    assert isinstance(private, ec.EllipticCurvePrivateKey) and private.curve.name == "secp384r1"
+    assert public.public_numbers() == private.public_key().public_numbers()
+
+
+def test_rerun_keeps_existing_files(tmp_path: Path) -> None:
+    make_all(tmp_path, nodes=1)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    make_all(tmp_path, nodes=2)
+    after = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    assert all(after[name] == data for name, data in before.items())
+    assert "node-01" in after
+
+
+def test_strict_python_tls_client_accepts_the_server(tmp_path: Path) -> None:
+    make_all(tmp_path, nodes=0)
+    server_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_context.load_cert_chain(tmp_path / "server.pem", tmp_path / "server.key")
+    client_context = ssl.create_default_context(cafile=str(tmp_path / "ca.crt"))
+    client_context.verify_flags |= ssl.VERIFY_X509_STRICT
+    names = ("localhost", "127.0.0.1", "superlink")
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+
+        def serve() -> None:
+            for _ in names:
+                connection, _ = listener.accept()
+                with server_context.wrap_socket(connection, server_side=True) as tls:
+                    tls.recv(1)
+
+        thread = threading.Thread(target=serve)
+        thread.start()
+        for name in names:
+            with (
+                socket.create_connection(listener.getsockname()) as raw,
+                client_context.wrap_socket(raw, server_hostname=name) as tls,
+            ):
+                assert tls.getpeercert()["subject"]
+                tls.send(b"x")
+        thread.join()

@@ -1,0 +1,131 @@
+"""The Flower app's pieces, called directly (no processes): config, ClientApp, results and resume."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.common.config import flatten_dict
+from flwr.supercore.task_identity import TaskIdentity
+
+from client.app import train_round
+from common.config import ConfigError, FederationConfig, NodeConfig
+from common.data import DataError, save_beats
+from common.model import EcgCnn, build_model
+from server.results import Results, ResultsError
+from tests.conftest import synthetic_beats, write_dataset
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_pyproject_run_config_defaults_equal_the_pydantic_defaults() -> None:
+    app = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["flwr"]["app"]
+    assert flatten_dict(app["config"]) == FederationConfig().to_run_config()
+    assert app["components"] == {"serverapp": "server.app:app", "clientapp": "client.app:app"}
+
+
+def test_paper_protocol_is_the_default() -> None:
+    cfg = FederationConfig()
+    assert (cfg.num_rounds, cfg.num_nodes, cfg.nodes_per_round, cfg.train.epochs) == (10, 10, 5, 5)
+    assert cfg.train.adversarial and cfg.train.pgd.steps == 20 and cfg.train.pgd.eps == 8 / 255
+    assert cfg.evaluate.attacks.cw.steps == 50 and cfg.evaluate.attacks.bim.alpha == 2 / 255
+
+
+def test_run_config_round_trips_and_bad_values_name_the_key() -> None:
+    cfg = FederationConfig(num_rounds=3, train={"epochs": 2})
+    assert FederationConfig.from_run_config(cfg.to_run_config()) == cfg
+    with pytest.raises(ConfigError, match=r"run config key 'train\.epochs'"):
+        FederationConfig.from_run_config({"train.epochs": 0})
+    with pytest.raises(ConfigError, match=r"run config key 'evaluate\.attacks\.cw\.steps'"):
+        FederationConfig.from_run_config({"evaluate.attacks.cw.steps": "many"})
+    with pytest.raises(ConfigError, match="nodes-per-round"):
+        FederationConfig.from_run_config({"num-nodes": 3, "nodes-per-round": 4})
+    with pytest.raises(ConfigError, match="node config key 'data-path'"):
+        NodeConfig.from_node_config({"data-path": "/nowhere/shard.npz"})
+
+
+@pytest.fixture
+def task_identity():
+    """What Flower sets in a ClientApp process before it calls the app."""
+    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 7
+    yield
+    TaskIdentity._task_id = TaskIdentity._run_id = TaskIdentity._node_id = None
+
+
+def _train_message(server_round: int = 1) -> Message:
+    content = RecordDict(
+        {"arrays": ArrayRecord(build_model(0).state_dict()), "config": ConfigRecord({"server-round": server_round})}
+    )
+    return Message(content, dst_node_id=7, message_type="train")
+
+
+def _context(data_path: Path, **run_config) -> Context:
+    cfg = FederationConfig(train={"epochs": 1, "pgd": {"steps": 1}}, **run_config).to_run_config()
+    return Context(run_id=1, node_id=7, node_config={"data-path": str(data_path)}, state=RecordDict(), run_config=cfg)
+
+
+def test_client_trains_on_its_shard_and_replies_weights_and_metrics(tmp_path: Path, task_identity) -> None:
+    save_beats(tmp_path / "shard.npz", synthetic_beats(30))
+    reply = train_round(_train_message(), _context(tmp_path / "shard.npz"))
+    metrics = reply.content["metrics"]
+    assert metrics["num-examples"] == 30 and 0 <= metrics["train-accuracy"] <= 1
+    trained = reply.content["arrays"].to_torch_state_dict()
+    assert set(trained) == set(EcgCnn().state_dict())
+    assert not torch.equal(trained["classifier.5.bias"], build_model(0).state_dict()["classifier.5.bias"])
+
+
+def test_client_reads_a_directory_of_wfdb_records(tmp_path: Path, task_identity) -> None:
+    records = write_dataset(tmp_path / "hospital", records=2)
+    reply = train_round(_train_message(), _context(records, max_train_windows=25))
+    assert reply.content["metrics"]["num-examples"] == 25
+
+
+def test_client_refuses_a_bad_shard(tmp_path: Path, task_identity) -> None:
+    np.savez(tmp_path / "bad.npz", x=np.zeros((5, 1, 180), np.float32), y=np.array([0, 1, 2, 3, 9]))
+    with pytest.raises(DataError, match=r"bad\.npz: labels must lie in 0\.\.4"):
+        train_round(_train_message(), _context(tmp_path / "bad.npz"))
+
+
+def _fake_round(results: Results, server_round: int) -> None:
+    results.add_clients([{"round": server_round, "node_id": 1, "status": "ok", "num-examples": 3}])
+    results.add_metrics(
+        server_round,
+        {
+            "clean": {
+                "accuracy": 0.5,
+                "precision": 0.5,
+                "recall": 0.5,
+                "f1": 0.5,
+                "recall_per_class": {"N": 1.0},
+                "seconds": 0.1,
+            }
+        },
+    )
+    results.save_checkpoint(server_round, EcgCnn().state_dict())
+
+
+def test_results_refuse_to_overwrite_a_run_unless_resuming(tmp_path: Path) -> None:
+    results = Results(tmp_path / "r")
+    assert results.start(FederationConfig()) == -1
+    _fake_round(results, 0)
+    with pytest.raises(ResultsError, match="resume=true"):
+        results.start(FederationConfig())
+    assert results.start(FederationConfig(resume=True)) == 0
+
+
+def test_resume_drops_rows_of_an_unfinished_round(tmp_path: Path) -> None:
+    results = Results(tmp_path / "r")
+    results.start(FederationConfig())
+    for r in (0, 1):
+        _fake_round(results, r)
+    results.add_clients([{"round": 2, "node_id": 1, "status": "ok"}])  # round 2 died before its checkpoint
+    assert results.start(FederationConfig(resume=True)) == 1
+    assert [row["round"] for row in results.read_jsonl("clients")] == [0, 1]
+    assert [row["round"] for row in results.read_jsonl("metrics")] == [0, 1]
+    csv_rounds = [line.split(",")[0] for line in (tmp_path / "r" / "metrics.csv").read_text().splitlines()[1:]]
+    assert csv_rounds == ["0", "1"]
+    EcgCnn().load_state_dict(results.load_checkpoint(1))
