@@ -171,10 +171,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--nodes", type=int, default=10, help="SuperNode key pairs to make (default 10)")
     parser.add_argument(
         "--san",
-        action="append",
+        action="extend",
+        nargs="+",
         default=[],
         metavar="NAME_OR_IP",
-        help="extra DNS name or IP of the SuperLink (repeatable), e.g. its public name",
+        help="extra DNS names or IPs of the SuperLink, e.g. its public name (repeatable)",
     )
     args = parser.parse_args(argv)
     if args.nodes < 0:

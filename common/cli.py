@@ -69,7 +69,7 @@ ATTACK_FLAGS = {
 }
 
 
-def add_attack_flags(parser: argparse.ArgumentParser, with_conditions: bool = True) -> None:
+def add_attack_flags(parser: argparse.ArgumentParser, with_conditions: bool) -> None:
     group = parser.add_argument_group(
         "attacks",
         "evaluation attacks (defaults: the paper's PGD 8/255, 1/255, 20; FGSM 8/255; "
@@ -79,7 +79,8 @@ def add_attack_flags(parser: argparse.ArgumentParser, with_conditions: bool = Tr
         kind = int if field.endswith("steps") else float
         group.add_argument(flag, type=kind, metavar=kind.__name__.upper(), help=f"{field} (default: paper)")
     group.add_argument("--eval-batch-size", type=int, help="evaluation batch size; CW depends on it (default 256)")
-    group.add_argument("--conditions", nargs="+", choices=CONDITIONS, help="evaluation conditions (default: all five)")
+    if with_conditions:
+        group.add_argument("--conditions", nargs="+", choices=CONDITIONS, help="evaluation conditions (default: all)")
 
 
 def eval_config(args: argparse.Namespace) -> EvalConfig:
@@ -164,6 +165,22 @@ def run_prepare(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- federate
 
 
+def add_training_flags(parser: argparse.ArgumentParser, with_conditions: bool) -> None:
+    """Local training and data caps, shared by `train-local`, `federate` and `submit`."""
+    parser.add_argument("--batch-size", type=int, help="training batch size (default 64)")
+    parser.add_argument("--lr", type=float, help="Adam learning rate (default 1e-3)")
+    parser.add_argument(
+        "--adversarial",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="adversarial training, Algorithm 1 with PGD (default on; --no-adversarial: the clean baseline)",
+    )
+    parser.add_argument("--max-train-windows", type=int, help="train on at most this many windows (per shard)")
+    parser.add_argument("--max-test-windows", type=int, help="evaluate on at most this many test windows")
+    parser.add_argument("--seed", type=int, default=0, help="seed of weights, shuffling, sampling, attacks (default 0)")
+    add_attack_flags(parser, with_conditions)
+
+
 def add_run_flags(parser: argparse.ArgumentParser, results_help: str) -> None:
     """The federated run's settings, shared by `federate` (local) and `submit` (to a running SuperLink)."""
     parser.add_argument("--results", type=Path, metavar="DIR", help=results_help)
@@ -172,19 +189,8 @@ def add_run_flags(parser: argparse.ArgumentParser, results_help: str) -> None:
     parser.add_argument("--nodes-per-round", type=int, help="nodes sampled per round (default half: 5 of 10)")
     parser.add_argument("--rounds", type=int, help="federated rounds (default 10)")
     parser.add_argument("--local-epochs", type=int, help="local epochs per round (default 5)")
-    parser.add_argument("--batch-size", type=int, help="local batch size (default 64)")
-    parser.add_argument("--lr", type=float, help="Adam learning rate (default 1e-3)")
-    parser.add_argument(
-        "--adversarial",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="federated adversarial training (default on; --no-adversarial: the clean baseline)",
-    )
-    parser.add_argument("--max-train-windows", type=int, help="train on at most this many windows per shard")
-    parser.add_argument("--max-test-windows", type=int, help="evaluate on at most this many test windows")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the weights, sampling and training (default 0)")
     parser.add_argument("--round-timeout", type=float, help="seconds to wait for a round's replies (default 3600)")
-    add_attack_flags(parser, with_conditions=False)
+    add_training_flags(parser, with_conditions=False)  # a federated run evaluates all five
 
 
 def run_config(args: argparse.Namespace, results: Path, test_path: Path) -> FederationConfig:
@@ -310,19 +316,8 @@ def add_train_local(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--data", type=Path, required=True, metavar="DIR", help="output of `ecg-fat prepare`")
     parser.add_argument("--shard", metavar="FILE", help="train on this shard of DIR only (default: all shards)")
     parser.add_argument("--epochs", type=int, help="epochs (default 5)")
-    parser.add_argument("--batch-size", type=int, help="training batch size (default 64)")
-    parser.add_argument("--lr", type=float, help="Adam learning rate (default 1e-3)")
-    parser.add_argument(
-        "--adversarial",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="adversarial training with PGD (default on; --no-adversarial trains clean)",
-    )
-    parser.add_argument("--seed", type=int, default=0, help="seed of weights, shuffling and attacks (default 0)")
-    parser.add_argument("--max-train-windows", type=int, help="train on a random subset of this size")
-    parser.add_argument("--max-test-windows", type=int, help="evaluate on a random subset of this size")
     parser.add_argument("--save", type=Path, metavar="FILE", help="write the trained weights here (.pt)")
-    add_attack_flags(parser)
+    add_training_flags(parser, with_conditions=True)
     parser.set_defaults(run=run_train_local)
 
 

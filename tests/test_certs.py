@@ -80,3 +80,17 @@ def test_strict_python_tls_client_accepts_the_server(tmp_path: Path) -> None:
                 assert tls.getpeercert()["subject"]
                 tls.send(b"x")
         thread.join()
+
+
+def test_cli_takes_several_sans_after_one_flag(tmp_path: Path) -> None:
+    assert (
+        main(["--out", str(tmp_path), "--nodes", "0", "--san", "superlink", "fl.example.org", "--san", "10.0.0.5"]) == 0
+    )
+    san = _cert(tmp_path / "server.pem").extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert "fl.example.org" in san.get_values_for_type(x509.DNSName)
+    assert ipaddress.ip_address("10.0.0.5") in san.get_values_for_type(x509.IPAddress)
+
+
+def test_site_makes_only_its_own_key(tmp_path: Path) -> None:
+    assert main(["--node-key", str(tmp_path / "keys" / "node")]) == 0
+    assert sorted(p.name for p in (tmp_path / "keys").iterdir()) == ["node", "node.pub"]

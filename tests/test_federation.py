@@ -90,9 +90,33 @@ def running_clientapp(fed: LocalFederation, name: str) -> bool:
 
 def test_federate_command_end_to_end(shards: Path, tmp_path: Path) -> None:
     results = tmp_path / "results"
-    code = main(["federate", "--data", str(shards), "--workdir", str(tmp_path / "work"), "--nodes", "3",
-                 "--rounds", "2", "--local-epochs", "1", "--max-train-windows", "100", "--max-test-windows", "120",
-                 "--pgd-steps", "2", "--cw-steps", "3", "--bim-steps", "2", "--results", str(results)])  # fmt: skip
+    code = main(
+        [
+            "federate",
+            "--data",
+            str(shards),
+            "--workdir",
+            str(tmp_path / "work"),
+            "--nodes",
+            "3",
+            "--rounds",
+            "2",
+            "--local-epochs",
+            "1",
+            "--max-train-windows",
+            "100",
+            "--max-test-windows",
+            "120",
+            "--pgd-steps",
+            "2",
+            "--cw-steps",
+            "3",
+            "--bim-steps",
+            "2",
+            "--results",
+            str(results),
+        ]
+    )
     assert code == 0
     assert metric_rounds(results) == [(r, c) for r in (0, 1, 2) for c in CONDITIONS]
     clients = Results(results).read_jsonl("clients")
@@ -125,8 +149,13 @@ def test_refused_nodes_dropout_and_rejoin(shards: Path, tmp_path: Path, federati
     # Three intruders: no TLS, a CA the SuperLink's certificate is not from, an unregistered key.
     make_all(tmp_path / "other-ca", nodes=0)
     fed.spawn("no-tls", [*fed.supernode_command(shards / client_file(0), max_wait=20), "--insecure"])
-    fed.start_supernode("wrong-ca", shards / client_file(0), node_key_path(fed.certs, 3),
-                        root_certificates=tmp_path / "other-ca" / "ca.crt", max_wait=20)  # fmt: skip
+    fed.start_supernode(
+        "wrong-ca",
+        shards / client_file(0),
+        node_key_path(fed.certs, 3),
+        root_certificates=tmp_path / "other-ca" / "ca.crt",
+        max_wait=20,
+    )
     fed.start_supernode("unregistered", shards / client_file(0), node_key_path(fed.certs, 4), max_wait=20)
 
     results = tmp_path / "results"

@@ -1,0 +1,283 @@
+"""Containers: the compose files, and a real `docker compose up` on the CPU override.
+
+The static checks always run. The real run needs a Docker engine: CI starts one with
+../shared/tools/docker-engine.sh and sets ECG_FAT_DOCKER=1, which turns a missing engine into a
+failure; elsewhere the test skips and says why.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+
+from common.config import CONDITIONS
+
+ROOT = Path(__file__).resolve().parents[1]
+SCHEMA = Path(os.environ.get("ECG_FAT_COMPOSE_SCHEMA", ROOT.parent / "shared" / "schemas" / "compose-spec.json"))
+COMPOSE_FILES = [
+    ROOT / "compose.yaml",
+    ROOT / "docker" / "compose.cpu.yaml",
+    ROOT / "docker" / "server" / "compose.yaml",
+    ROOT / "docker" / "site" / "compose.yaml",
+    ROOT / "docker" / "site" / "compose.cpu.yaml",
+]
+SHIPPED = [
+    *COMPOSE_FILES,
+    ROOT / "docker" / "Dockerfile",
+    *ROOT.glob("common/*.py"),
+    *ROOT.glob("server/*.py"),
+    *ROOT.glob("client/*.py"),
+    *ROOT.glob("certs/*.py"),
+    ROOT / ".ci" / "run",
+]
+
+
+class ComposeLoader(yaml.SafeLoader):
+    """YAML with Compose's merge tags (`!reset`, `!override`) read as plain values."""
+
+
+ComposeLoader.add_constructor("!reset", lambda loader, node: None)
+ComposeLoader.add_constructor(
+    "!override", lambda loader, node: loader.construct_object(node, deep=True) if node.value else None
+)
+
+
+def load(path: Path) -> dict:
+    return yaml.load(path.read_text(), Loader=ComposeLoader)
+
+
+# ----------------------------------------------------------------------------- static
+
+
+@pytest.mark.parametrize("path", COMPOSE_FILES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_compose_file_follows_the_compose_spec(path: Path) -> None:
+    if not SCHEMA.is_file():
+        pytest.skip(f"the Compose JSON schema is not at {SCHEMA} (set ECG_FAT_COMPOSE_SCHEMA)")
+    jsonschema.Draft7Validator(json.loads(SCHEMA.read_text())).validate(load(path))
+
+
+def test_nothing_shipped_uses_an_insecure_flag() -> None:
+    offenders = [str(p.relative_to(ROOT)) for p in SHIPPED if "--insecure" in p.read_text()]
+    assert offenders == []
+
+
+def test_each_supernode_mounts_only_its_own_shard_and_key() -> None:
+    services = load(ROOT / "compose.yaml")["services"]
+    nodes = sorted((name for name in services if name.startswith("supernode-")), key=lambda n: int(n.split("-")[1]))
+    assert len(nodes) == 10
+    for index, name in enumerate(nodes):
+        mounts = sorted(services[name]["volumes"])
+        assert mounts == sorted(
+            [
+                "./certs/out/ca.crt:/certs/ca.crt:ro",
+                f"./certs/out/node-{index:02d}:/keys/node:ro",
+                f"./data/prepared/client_{index:02d}.npz:/data/shard.npz:ro",
+            ]
+        ), name
+        assert services[name]["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
+    cpu = load(ROOT / "docker" / "compose.cpu.yaml")["services"]
+    assert set(cpu) == set(nodes) and all(cpu[name]["deploy"] is None for name in nodes)  # `!reset`: no GPU
+
+
+def test_superlink_is_tls_with_node_auth_and_sees_only_the_test_set() -> None:
+    for path in (ROOT / "compose.yaml", ROOT / "docker" / "server" / "compose.yaml"):
+        superlink = load(path)["services"]["superlink"]
+        flags = " ".join(superlink["command"])
+        assert "--ssl-certfile=/certs/server.pem" in flags and "--enable-supernode-auth" in flags
+        data = [m for m in superlink["volumes"] if ":/data" in m]
+        assert data == ["./data/prepared/test.npz:/data/test.npz:ro"]
+
+
+def test_keys_are_never_baked_into_an_image() -> None:
+    ignored = (ROOT / ".dockerignore").read_text().splitlines()
+    assert ignored[0:2] == ["# Only what the images need; never keys, data, results or local environments.", "*"]
+    copies = [line for line in (ROOT / "docker" / "Dockerfile").read_text().splitlines() if line.startswith("COPY")]
+    assert copies and not any(re.search(r"certs/out|\.key|node-|/data|results", line) for line in copies)
+    assert "!certs/make_certs.py" in ignored and not any(line.startswith("!certs/out") for line in ignored)
+
+
+# ----------------------------------------------------------------------------- a real run
+
+
+def _engine():
+    import docker
+
+    try:
+        client = docker.from_env()
+        client.ping()
+        return client
+    except Exception as error:
+        if os.environ.get("ECG_FAT_DOCKER") == "1":
+            pytest.fail(f"ECG_FAT_DOCKER=1 but no Docker engine answers: {error}")
+        pytest.skip(f"no Docker engine answers ({error}); CI starts one with ../shared/tools/docker-engine.sh")
+
+
+def _compose(*args: str, env: dict, cwd: Path, timeout: float) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["docker", "compose", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+@pytest.fixture(scope="module")
+def images() -> dict:
+    """Build both images on a stand-in base (no registry here), with the local torch wheel when given."""
+    client = _engine()
+    base = "python:3.11-slim-bookworm"
+    if not client.images.list(name=base):
+        client.images.build(path=str(ROOT / "docker"), dockerfile="standin.Dockerfile", tag=base, rm=True)
+    env = dict(os.environ)
+    wheels = Path(os.environ.get("ECG_FAT_TORCH_WHEELS", "/opt/wheels"))
+    local = sorted(wheels.glob("torch-*+cpu-*.whl")) if wheels.is_dir() else []
+    if local:
+        shutil.copy2(local[-1], ROOT / "docker" / "wheels" / local[-1].name)
+        version = local[-1].name.split("-")[1]
+        env["SERVER_TORCH_PIP_ARGS"] = env["CLIENT_TORCH_PIP_ARGS"] = f"--find-links /tmp/wheels torch=={version}"
+    files = ["-f", str(ROOT / "compose.yaml"), "-f", str(ROOT / "docker" / "compose.cpu.yaml")]
+    built = _compose(*files, "build", "certs", "supernode-1", env=env, cwd=ROOT, timeout=1200)
+    assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
+    return {"client": client, "env": env, "files": files}
+
+
+@pytest.mark.slow
+def test_compose_up_runs_the_federation(images: dict, tmp_path: Path) -> None:
+    mitdb = Path(os.environ.get("ECG_FAT_MITDB", ""))
+    if not (mitdb / "100.hea").is_file():
+        pytest.skip("the real MIT-BIH records are needed (set ECG_FAT_MITDB)")
+    env = images["env"] | {
+        "NODES": "3",
+        "NODES_PER_ROUND": "2",
+        "ROUNDS": "2",
+        "LOCAL_EPOCHS": "1",
+        "MAX_TRAIN_WINDOWS": "300",
+        "MAX_TEST_WINDOWS": "300",
+        "MITDB_DIR": str(mitdb.resolve()),
+        "RUN_NAME": "ci",
+    }
+    project = ["--project-directory", str(tmp_path), "--project-name", "ecg-fat-test", *images["files"]]
+    services = ["certs", "prepare", "superlink", "runner", "supernode-1", "supernode-2", "supernode-3"]
+    try:
+        run = _compose(
+            *project, "up", "--no-build", "--exit-code-from", "runner", *services, env=env, cwd=tmp_path, timeout=900
+        )
+        assert run.returncode == 0, run.stdout[-6000:]
+        rows = [json.loads(line) for line in (tmp_path / "results" / "ci" / "metrics.jsonl").read_text().splitlines()]
+        assert [(r["round"], r["condition"]) for r in rows] == [(r, c) for r in (0, 1, 2) for c in CONDITIONS]
+        assert "round 2" in (tmp_path / "results" / "ci" / "summary.txt").read_text()
+    finally:
+        _compose(*project, "down", "--volumes", "--remove-orphans", env=env, cwd=tmp_path, timeout=300)
+    found = images["client"].containers.run(
+        "ecg-fat-client:latest",
+        ["sh", "-c", "find / -xdev \\( -name '*.key' -o -name 'node-0*' \\) -print"],
+        remove=True,
+    )
+    assert found.decode().strip() == ""  # no key in the image
+
+
+@pytest.mark.slow
+def test_server_and_sites_on_separate_networks(images: dict, tmp_path: Path) -> None:
+    """The server compose and three site composes, each on its own Docker network, joined only through the
+    SuperLink's published port over TLS; one site is killed mid-round and the run still completes."""
+    import socket
+
+    mitdb = Path(os.environ.get("ECG_FAT_MITDB", ""))
+    if not (mitdb / "100.hea").is_file():
+        pytest.skip("the real MIT-BIH records are needed (set ECG_FAT_MITDB)")
+    with socket.socket() as probe:
+        probe.bind(("", 0))
+        port = probe.getsockname()[1]
+    server_dir, server_file = tmp_path / "server", ROOT / "docker" / "server" / "compose.yaml"
+    server = ["--project-directory", str(server_dir), "--project-name", "ecg-fat-test-server", "-f", str(server_file)]
+    env = images["env"] | {
+        "SUPERLINK_SANS": "host.docker.internal",
+        "FLEET_PORT": str(port),
+        "MITDB_DIR": str(mitdb.resolve()),
+    }
+    sites = {name: tmp_path / name for name in ("site-a", "site-b", "site-c")}
+    site_file = [
+        "-f",
+        str(ROOT / "docker" / "site" / "compose.yaml"),
+        "-f",
+        str(ROOT / "docker" / "site" / "compose.cpu.yaml"),
+    ]
+
+    def site(name: str) -> list[str]:
+        return ["--project-directory", str(sites[name]), "--project-name", f"ecg-fat-test-{name}", *site_file]
+
+    try:
+        up = _compose(*server, "up", "-d", "--no-build", "--wait", "superlink", env=env, cwd=tmp_path, timeout=600)
+        assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]
+        (server_dir / "keys").mkdir()
+        for index, (name, directory) in enumerate(sites.items()):
+            wfdb_dir = directory / "wfdb"
+            wfdb_dir.mkdir(parents=True)
+            for record in (f"{100 + 2 * index}", f"{101 + 2 * index}"):  # each hospital its own patients
+                for suffix in (".hea", ".dat", ".atr"):
+                    shutil.copy2(mitdb / f"{record}{suffix}", wfdb_dir)
+            key = _compose(*site(name), "run", "--rm", "key", env=env, cwd=tmp_path, timeout=120)
+            assert key.returncode == 0, key.stdout + key.stderr
+            shutil.copy2(directory / "keys" / "node.pub", server_dir / "keys" / f"{name}.pub")
+            shutil.copy2(server_dir / "certs" / "ca.crt", directory / "ca.crt")
+            site_env = env | {"SUPERLINK_ADDRESS": f"host.docker.internal:{port}", "WFDB_DIR": str(wfdb_dir)}
+            started = _compose(
+                *site(name), "up", "-d", "--no-build", "supernode", env=site_env, cwd=tmp_path, timeout=120
+            )
+            assert started.returncode == 0, started.stdout + started.stderr
+        run_env = env | {
+            "NODES": "3",
+            "NODES_PER_ROUND": "2",
+            "ROUNDS": "3",
+            "LOCAL_EPOCHS": "1",
+            "MAX_TRAIN_WINDOWS": "300",
+            "MAX_TEST_WINDOWS": "300",
+            "ROUND_TIMEOUT": "180",
+            "RUN_NAME": "sites",
+        }
+        runner = subprocess.Popen(
+            ["docker", "compose", *server, "run", "--rm", "runner"],
+            env=run_env,
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        killed = _kill_a_training_site(images["client"], deadline_s=420)
+        output, _ = runner.communicate(timeout=900)
+        assert runner.returncode == 0, output[-6000:]
+        results = server_dir / "results" / "sites"
+        rows = [json.loads(line) for line in (results / "metrics.jsonl").read_text().splitlines()]
+        assert [(r["round"], r["condition"]) for r in rows] == [(r, c) for r in range(4) for c in CONDITIONS]
+        clients = [json.loads(line) for line in (results / "clients.jsonl").read_text().splitlines()]
+        assert any(row["status"] == "failed" for row in clients), f"{killed} was killed, yet no round lost a node"
+    finally:
+        for name in sites:
+            _compose(*site(name), "down", "--volumes", env=env, cwd=tmp_path, timeout=300)
+        _compose(*server, "down", "--volumes", env=env, cwd=tmp_path, timeout=300)
+
+
+def _kill_a_training_site(client, deadline_s: float) -> str:
+    """Kill the first site container seen running a ClientApp (mid-round); docker's restart policy then
+    brings it back, as a hospital's operator would."""
+    import time
+
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        for container in client.containers.list(filters={"label": "com.docker.compose.service=supernode"}):
+            if not container.name.startswith("ecg-fat-test-site-"):
+                continue
+            try:
+                processes = container.top()["Processes"]
+            except Exception:
+                continue
+            if any("flwr-clientapp" in " ".join(p) for p in processes):
+                container.kill()
+                return container.name
+        time.sleep(0.3)
+    raise AssertionError("no site container was seen training")
