@@ -19,6 +19,7 @@ from common.launcher import ControlClient, LauncherError
 from common.metrics import evaluate, format_table
 from common.model import build_model, pick_device
 from common.train import EpochStats, train
+from server.report import ReportError, write_report
 from server.results import ResultsError
 
 log = logging.getLogger("ecg_fat")
@@ -379,9 +380,37 @@ def run_train_local(args: argparse.Namespace) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------- report
+
+
+def add_report(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "report",
+        help="the paper's tables and figures from results directories",
+        description="Read one or more results directories and write report.md (tables like the paper's Tables "
+        "2-5 with the paper's values beside them, per-class recall, a summary of FAT's cost and gains, the cells "
+        "more than 1.5 points from the paper) and one PNG per condition (accuracy, precision, recall, F1 against "
+        "the round, a line per run).",
+    )
+    parser.add_argument("results", nargs="+", type=Path, metavar="RESULTS_DIR", help="results directories")
+    parser.add_argument("--out", type=Path, default=Path("report"), help="output directory (default report)")
+    parser.set_defaults(run=run_report)
+
+
+def run_report(args: argparse.Namespace) -> int:
+    print(f"report written to {write_report(args.results, args.out)}")
+    return 0
+
+
 # ----------------------------------------------------------------------------- entry point
 
-COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_prepare, add_train_local, add_federate, add_submit]
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
+    add_prepare,
+    add_train_local,
+    add_federate,
+    add_submit,
+    add_report,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -403,7 +432,7 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as error:
         print(f"ecg-fat {args.command}: error: {error}", file=sys.stderr)
         return 2
-    except (DataError, LauncherError, ResultsError) as error:
+    except (DataError, LauncherError, ResultsError, ReportError) as error:
         print(f"ecg-fat {args.command}: error: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -1,0 +1,169 @@
+"""`ecg-fat report`: the paper's tables and figures from one or more results directories.
+
+Tables like the paper's Tables 2-5 (one per metric, a row per run at its last round, the paper's rows beside
+them where the paper gives the values), per-class recall, one figure per condition (four panels: accuracy,
+precision, recall, F1 against the round, a line per run), and a summary of FAT's clean-accuracy cost and
+robust gain per attack.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from matplotlib.figure import Figure  # the object API: files only, no display or global state
+from matplotlib.ticker import MaxNLocator
+
+from common.config import AAMI_CLASSES, CONDITIONS
+from server.results import Results
+
+METRICS = {"accuracy": "Accuracy", "precision": "Macro precision", "recall": "Macro recall", "f1": "Macro F1"}
+CONDITION_NAMES = {"clean": "Clean", "pgd": "PGD", "fgsm": "FGSM", "cw": "CW", "bim": "BIM"}
+# Round-10 values of Celik & Gullu (AITA 2025), in percent, Clean/PGD/FGSM/CW/BIM. The paper's precision
+# and recall tables are not reproduced here, so only accuracy and F1 have paper rows.
+PAPER = {
+    "accuracy": {"paper non-FAT": (98.44, 35.14, 73.87, 7.47, 35.36), "paper FAT": (97.60, 94.82, 95.44, 46.65, 94.81)},
+    "f1": {"paper non-FAT": (92.94, 22.61, 45.46, 3.20, 22.55), "paper FAT": (89.06, 79.75, 81.70, 24.02, 79.63)},
+}
+DIFFERENCE_FLAG = 1.5  # points; cells further from the paper are listed for explanation
+
+
+class ReportError(ValueError):
+    """A results directory cannot be reported (missing or empty metrics)."""
+
+
+@dataclass(frozen=True)
+class Run:
+    name: str
+    adversarial: bool
+    rows: list[dict]  # metrics.jsonl
+
+    @property
+    def last_round(self) -> int:
+        return max(row["round"] for row in self.rows)
+
+    def value(self, server_round: int, condition: str, metric: str) -> float:
+        for row in self.rows:
+            if row["round"] == server_round and row["condition"] == condition:
+                return 100 * row[metric]
+        raise ReportError(f"run {self.name}: no {condition} row for round {server_round}")
+
+    def final(self, metric: str) -> list[float]:
+        return [self.value(self.last_round, c, metric) for c in CONDITIONS]
+
+
+def load_run(directory: Path) -> Run:
+    rows = Results(directory).read_jsonl("metrics")
+    if not rows:
+        raise ReportError(f"{directory}: no metrics.jsonl with rows (not a results directory?)")
+    config_path = directory / "config.json"
+    adversarial = json.loads(config_path.read_text())["train"]["adversarial"] if config_path.exists() else True
+    return Run(directory.name, adversarial, rows)
+
+
+def _row(label: str, values: list[float] | tuple[float, ...]) -> str:
+    return f"| {label} | " + " | ".join(f"{v:.2f}" for v in values) + " |"
+
+
+def metric_table(runs: list[Run], metric: str) -> str:
+    header = "| run | " + " | ".join(CONDITION_NAMES[c] for c in CONDITIONS) + " |"
+    lines = [header, "|---" * (len(CONDITIONS) + 1) + "|"]
+    lines += [
+        _row(f"{run.name} ({'FAT' if run.adversarial else 'non-FAT'}, round {run.last_round})", run.final(metric))
+        for run in runs
+    ]
+    lines += [_row(label, values) for label, values in PAPER.get(metric, {}).items()]
+    return "\n".join(lines)
+
+
+def recall_table(run: Run) -> str:
+    lines = ["| condition | " + " | ".join(AAMI_CLASSES) + " |", "|---" * (len(AAMI_CLASSES) + 1) + "|"]
+    for condition in CONDITIONS:
+        row = next(r for r in run.rows if r["round"] == run.last_round and r["condition"] == condition)
+        lines.append(_row(CONDITION_NAMES[condition], [100 * row["recall_per_class"][c] for c in AAMI_CLASSES]))
+    return "\n".join(lines)
+
+
+def summary(runs: list[Run]) -> list[str]:
+    fat = [run for run in runs if run.adversarial]
+    base = [run for run in runs if not run.adversarial]
+    if not fat or not base:
+        return ["(the summary needs one FAT and one non-FAT run)"]
+    f, b = fat[0].final("accuracy"), base[0].final("accuracy")
+    lines = [f"- Clean-accuracy cost of FAT: {b[0] - f[0]:+.2f} points ({b[0]:.2f} -> {f[0]:.2f})."]
+    lines += [
+        f"- Robust gain under {CONDITION_NAMES[c]}: {f[i] - b[i]:+.2f} points ({b[i]:.2f} -> {f[i]:.2f})."
+        for i, c in enumerate(CONDITIONS)
+        if c != "clean"
+    ]
+    return lines
+
+
+def paper_differences(runs: list[Run]) -> list[str]:
+    """Cells more than DIFFERENCE_FLAG points from the paper, for the report's discussion."""
+    lines = []
+    for metric, rows in PAPER.items():
+        for run in runs:
+            paper = rows["paper FAT" if run.adversarial else "paper non-FAT"]
+            for condition, ours, theirs in zip(CONDITIONS, run.final(metric), paper, strict=True):
+                if abs(ours - theirs) > DIFFERENCE_FLAG:
+                    lines.append(
+                        f"- {run.name} {METRICS[metric].lower()} {CONDITION_NAMES[condition]}: "
+                        f"{ours:.2f} vs paper {theirs:.2f} ({ours - theirs:+.2f})"
+                    )
+    return lines or ["- none: every accuracy and F1 cell is within 1.5 points of the paper"]
+
+
+def figure(runs: list[Run], condition: str, path: Path) -> None:
+    fig = Figure(figsize=(10, 7))
+    axes = fig.subplots(2, 2, sharex=True)
+    for ax, (metric, title) in zip(axes.flat, METRICS.items(), strict=True):
+        for run in runs:
+            rounds = sorted({row["round"] for row in run.rows})
+            ax.plot(
+                rounds,
+                [run.value(r, condition, metric) for r in rounds],
+                marker="o",
+                label=f"{run.name} ({'FAT' if run.adversarial else 'non-FAT'})",
+            )
+        ax.set_title(title)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylabel("%")
+        ax.grid(alpha=0.3)
+    for ax in axes[1]:
+        ax.set_xlabel("round")
+    axes[0][0].legend(loc="best")
+    fig.suptitle(f"Global model on the test set: {CONDITION_NAMES[condition]}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def write_report(result_dirs: list[Path], out: Path) -> Path:
+    runs = [load_run(directory) for directory in result_dirs]
+    out.mkdir(parents=True, exist_ok=True)
+    parts = ["# ECG-FAT results", "", "Runs: " + ", ".join(f"`{d}`" for d in result_dirs), ""]
+    for number, (metric, title) in enumerate(METRICS.items(), start=2):
+        parts += [f"## Table {number}: {title} (%) at the last round", "", metric_table(runs, metric), ""]
+    parts += ["## Per-class recall (%) at the last round", ""]
+    for run in runs:
+        parts += [f"### {run.name}", "", recall_table(run), ""]
+    parts += [
+        "## Summary",
+        "",
+        *summary(runs),
+        "",
+        "## Cells more than 1.5 points from the paper",
+        "",
+        *paper_differences(runs),
+        "",
+        "## Figures",
+        "",
+    ]
+    for condition in CONDITIONS:
+        name = f"figure_{condition}.png"
+        figure(runs, condition, out / name)
+        parts.append(f"![{CONDITION_NAMES[condition]}]({name})")
+    path = out / "report.md"
+    path.write_text("\n".join(parts) + "\n")
+    return path

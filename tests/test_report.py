@@ -1,0 +1,68 @@
+"""`ecg-fat report` on small synthetic results."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from common.cli import main
+from common.config import CONDITIONS, FederationConfig
+from server.results import Results
+
+
+def fake_run(directory: Path, adversarial: bool, accuracy: dict[str, float], rounds: int = 3) -> Path:
+    results = Results(directory)
+    results.start(FederationConfig(train={"adversarial": adversarial}))
+    for r in range(rounds + 1):
+        metrics = {}
+        for c in CONDITIONS:
+            a = accuracy[c] * r / rounds  # rises to the final value
+            metrics[c] = {
+                "accuracy": a,
+                "precision": a / 2,
+                "recall": a / 3,
+                "f1": a / 4,
+                "seconds": 1.0,
+                "recall_per_class": {"N": 0.9, "S": 0.5, "V": 0.8, "F": 0.25, "Q": 1.0},
+            }
+        results.add_metrics(r, metrics)
+    return directory
+
+
+@pytest.fixture
+def runs(tmp_path: Path) -> list[Path]:
+    fat = fake_run(tmp_path / "fat", True, {"clean": 0.97, "pgd": 0.9, "fgsm": 0.92, "cw": 0.5, "bim": 0.91})
+    base = fake_run(tmp_path / "baseline", False, {"clean": 0.985, "pgd": 0.3, "fgsm": 0.7, "cw": 0.07, "bim": 0.3})
+    return [fat, base]
+
+
+def test_report_tables_match_the_results(runs: list[Path], tmp_path: Path) -> None:
+    assert main(["report", *map(str, runs), "--out", str(tmp_path / "rep")]) == 0
+    text = (tmp_path / "rep" / "report.md").read_text()
+    assert "| fat (FAT, round 3) | 97.00 | 90.00 | 92.00 | 50.00 | 91.00 |" in text  # Table 2, accuracy
+    assert "| baseline (non-FAT, round 3) | 24.62 | 7.50 | 17.50 | 1.75 | 7.50 |" in text  # Table 5, F1 = acc/4
+    assert "| paper FAT | 97.60 | 94.82 | 95.44 | 46.65 | 94.81 |" in text
+    assert "| paper non-FAT | 92.94 | 22.61 | 45.46 | 3.20 | 22.55 |" in text
+    assert "| Clean | 90.00 | 50.00 | 80.00 | 25.00 | 100.00 |" in text  # per-class recall
+    assert "Clean-accuracy cost of FAT: +1.50 points (98.50 -> 97.00)" in text
+    assert "Robust gain under PGD: +60.00 points (30.00 -> 90.00)" in text
+    assert "fat accuracy PGD: 90.00 vs paper 94.82 (-4.82)" in text
+
+
+def test_report_draws_one_figure_per_condition(runs: list[Path], tmp_path: Path) -> None:
+    main(["report", *map(str, runs), "--out", str(tmp_path / "rep")])
+    for condition in CONDITIONS:
+        png = tmp_path / "rep" / f"figure_{condition}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 20_000
+
+
+def test_report_refuses_a_directory_without_metrics(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    (tmp_path / "empty").mkdir()
+    assert main(["report", str(tmp_path / "empty"), "--out", str(tmp_path / "rep")]) == 1
+    assert "empty: no metrics.jsonl" in capsys.readouterr().err
+
+
+def test_config_marks_the_baseline(runs: list[Path]) -> None:
+    assert json.loads((runs[1] / "config.json").read_text())["train"]["adversarial"] is False
