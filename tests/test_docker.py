@@ -173,12 +173,36 @@ def test_compose_up_runs_the_federation(images: dict, tmp_path: Path) -> None:
         assert "round 2" in (tmp_path / "results" / "ci" / "summary.txt").read_text()
     finally:
         _compose(*project, "down", "--volumes", "--remove-orphans", env=env, cwd=tmp_path, timeout=300)
-    found = images["client"].containers.run(
-        "ecg-fat-client:latest",
-        ["sh", "-c", "find / -xdev \\( -name '*.key' -o -name 'node-0*' \\) -print"],
-        remove=True,
-    )
-    assert found.decode().strip() == ""  # no key in the image
+    for image in ("ecg-fat-server:latest", "ecg-fat-client:latest"):  # as root, to see every directory
+        # the names make_certs writes; none may be in an image
+        found = images["client"].containers.run(
+            image,
+            [
+                "find",
+                "/",
+                "-xdev",
+                "(",
+                "-name",
+                "ca.key",
+                "-o",
+                "-name",
+                "ca.crt",
+                "-o",
+                "-name",
+                "server.key",
+                "-o",
+                "-name",
+                "server.pem",
+                "-o",
+                "-name",
+                "node-[0-9]*",
+                ")",
+                "-print",
+            ],
+            user="root",
+            remove=True,
+        )
+        assert found.decode().strip() == "", f"{image} holds keys: {found.decode()}"
 
 
 @pytest.mark.slow
