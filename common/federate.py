@@ -59,9 +59,8 @@ def ensure_prepared(options: FederateOptions, cfg: PrepareConfig) -> dict:
 class Progress:
     """Prints the rows that the ServerApp adds to the results directory, as they appear."""
 
-    def __init__(self, results: Path, num_rounds: int) -> None:
+    def __init__(self, results: Path) -> None:
         self.metrics, self.clients = results / "metrics.jsonl", results / "clients.jsonl"
-        self.num_rounds = num_rounds
         self.shown = {self.metrics: 0, self.clients: 0}
 
     def _new_rows(self, path: Path) -> list[dict]:
@@ -88,7 +87,7 @@ class Progress:
 def follow(control: ControlClient, run_id: int, run_cfg: FederationConfig, check: Callable[[], None]) -> int:
     """Print the run's progress until it ends; keep the ServerApp's log; 0 only for a completed run."""
     results = Path(run_cfg.results_dir)
-    progress = Progress(results, run_cfg.num_rounds)
+    progress = Progress(results)
 
     def poll() -> None:
         progress()
