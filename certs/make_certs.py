@@ -51,6 +51,22 @@ def _name(common_name: str) -> x509.Name:
     )
 
 
+def _key_usage(**enabled: bool) -> x509.KeyUsage:
+    """keyUsage with only the named uses set (strict TLS clients check it)."""
+    uses = (
+        "digital_signature",
+        "content_commitment",
+        "key_encipherment",
+        "data_encipherment",
+        "key_agreement",
+        "key_cert_sign",
+        "crl_sign",
+        "encipher_only",
+        "decipher_only",
+    )
+    return x509.KeyUsage(**dict.fromkeys(uses, False) | enabled)
+
+
 def _san(entries: list[str]) -> x509.SubjectAlternativeName:
     names: list[x509.GeneralName] = []
     for entry in dict.fromkeys(entries):  # keep order, drop repeats
@@ -79,17 +95,7 @@ def make_ca(out: Path) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
         .not_valid_after(now + dt.timedelta(days=VALID_DAYS))
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(
-            x509.KeyUsage(
-                digital_signature=False,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
+            _key_usage(key_cert_sign=True, crl_sign=True),
             critical=True,
         )
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
@@ -116,17 +122,7 @@ def make_server_cert(out: Path, ca: x509.Certificate, ca_key: ec.EllipticCurvePr
         .not_valid_after(now + dt.timedelta(days=VALID_DAYS))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=True,
-                key_cert_sign=False,
-                crl_sign=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
+            _key_usage(digital_signature=True, key_agreement=True),
             critical=True,
         )
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
