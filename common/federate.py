@@ -21,6 +21,7 @@ from common.data import MANIFEST, TEST_FILE, prepare, sha256_of
 from common.launcher import ControlClient, LauncherError, LocalFederation
 from common.metrics import format_table
 from server.evaluation import progress_line
+from server.report import write_report
 from server.results import Results
 
 log = logging.getLogger("ecg_fat")
@@ -104,7 +105,8 @@ def follow(control: ControlClient, run_id: int, run_cfg: FederationConfig, check
         return 1
     summary = summarize(results)
     (results / "summary.txt").write_text(summary + "\n")
-    log.info("run %d completed; results in %s\n%s", run_id, results, summary)
+    report = write_report([results], results / "report")
+    log.info("run %d completed; results in %s, report in %s\n%s", run_id, results, report, summary)
     return 0
 
 

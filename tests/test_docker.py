@@ -171,6 +171,7 @@ def test_compose_up_runs_the_federation(images: dict, tmp_path: Path) -> None:
         rows = [json.loads(line) for line in (tmp_path / "results" / "ci" / "metrics.jsonl").read_text().splitlines()]
         assert [(r["round"], r["condition"]) for r in rows] == [(r, c) for r in (0, 1, 2) for c in CONDITIONS]
         assert "round 2" in (tmp_path / "results" / "ci" / "summary.txt").read_text()
+        assert (tmp_path / "results" / "ci" / "report" / "figure_cw.png").is_file()
     finally:
         _compose(*project, "down", "--volumes", "--remove-orphans", env=env, cwd=tmp_path, timeout=300)
     for image in ("ecg-fat-server:latest", "ecg-fat-client:latest"):  # as root, to see every directory

@@ -123,6 +123,7 @@ def test_federate_command_end_to_end(shards: Path, tmp_path: Path) -> None:
     assert [(row["round"], row["status"], row["num-examples"]) for row in clients] == [
         (r, "ok", 100) for r in (1, 1, 2, 2)
     ]  # 2 of 3 nodes per round, each capped at --max-train-windows
+    assert "| results (FAT, round 2) |" in (results / "report" / "report.md").read_text()
     config = json.loads((results / "config.json").read_text())
     assert config["nodes-per-round"] == 2 and config["train"]["adversarial"] is True
     assert sorted(p.name for p in (results / "checkpoints").iterdir()) == [f"round_00{r}.pt" for r in (0, 1, 2)]
