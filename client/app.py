@@ -15,6 +15,7 @@ from flwr.clientapp import ClientApp
 from common.config import FederationConfig, NodeConfig
 from common.data import Beats, load_beats, read_records
 from common.model import EcgCnn, pick_device
+from common.runtime import tune_allocator
 from common.train import train
 
 app = ClientApp()
@@ -30,6 +31,7 @@ def load_local_data(node: NodeConfig) -> Beats:
 def train_round(msg: Message, context: Context) -> Message:
     cfg = FederationConfig.from_run_config(context.run_config)
     node = NodeConfig.from_node_config(context.node_config)
+    tune_allocator()
     if node.threads:
         torch.set_num_threads(node.threads)
     server_round = int(msg.content["config"]["server-round"])

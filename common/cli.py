@@ -18,6 +18,7 @@ from common.federate import FederateOptions, default_threads, federate, submit
 from common.launcher import ControlClient, LauncherError
 from common.metrics import evaluate, format_table
 from common.model import build_model, pick_device
+from common.runtime import tune_allocator
 from common.train import EpochStats, train
 from server.report import ReportError, write_report
 from server.results import ResultsError
@@ -427,6 +428,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     args = build_parser().parse_args(argv)
+    tune_allocator()
     try:
         return args.run(args)
     except UsageError as error:

@@ -11,6 +11,7 @@ from flwr.serverapp import Grid, ServerApp
 from common.config import ConfigError, FederationConfig
 from common.data import load_beats
 from common.model import build_model
+from common.runtime import tune_allocator
 from server.evaluation import make_evaluate_fn
 from server.results import Results
 from server.strategy import RecordingFedAvg
@@ -28,6 +29,7 @@ def _required_path(value: str, key: str) -> Path:
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     cfg = FederationConfig.from_run_config(context.run_config)
+    tune_allocator()
     test_path = _required_path(cfg.test_path, "test-path")
     if not test_path.is_file():
         raise ConfigError(f"run config key 'test-path': {test_path} is not a file")
