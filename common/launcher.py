@@ -81,7 +81,10 @@ class ControlClient:
         # The flwr CLI reads its connections from FLWR_HOME (root-certificates must be absolute).
         config = {"superlink": {CONNECTION: {"address": address, "root-certificates": str(self.ca)}}}
         (home / "config.toml").write_text(tomli_w.dumps(config))
-        self.env = {**os.environ, **FLOWER_ENV, "FLWR_HOME": str(home)}
+        # Flower's SuperLink and SuperNode start `flower-superexec` from PATH: this environment's first,
+        # so that `.venv/bin/ecg-fat` works without activating the environment.
+        path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+        self.env = {**os.environ, **FLOWER_ENV, "FLWR_HOME": str(home), "PATH": path}
         self.cwd = home
 
     def healthy(self) -> bool:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 import tomllib
 from pathlib import Path
 
@@ -15,6 +17,7 @@ from flwr.supercore.task_identity import TaskIdentity
 from client.app import train_round
 from common.config import ConfigError, FederationConfig, NodeConfig
 from common.data import DataError, save_beats
+from common.launcher import ControlClient
 from common.model import EcgCnn, build_model
 from server.results import Results, ResultsError
 from tests.conftest import synthetic_beats, write_dataset
@@ -129,3 +132,11 @@ def test_resume_drops_rows_of_an_unfinished_round(tmp_path: Path) -> None:
     csv_rounds = [line.split(",")[0] for line in (tmp_path / "r" / "metrics.csv").read_text().splitlines()[1:]]
     assert csv_rounds == ["0", "1"]
     EcgCnn().load_state_dict(results.load_checkpoint(1))
+
+
+def test_flower_processes_find_this_environments_executables_without_activation(tmp_path, monkeypatch):
+    # SuperLink and SuperNode start `flower-superexec` from PATH; an unactivated venv must still work.
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    control = ControlClient("127.0.0.1:1", tmp_path / "ca.crt", tmp_path / "home")
+    assert control.env["PATH"].split(os.pathsep)[0] == str(Path(sys.executable).parent)
+    assert (Path(sys.executable).parent / "flower-superexec").exists()
