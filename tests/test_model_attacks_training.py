@@ -13,7 +13,7 @@ from common.cli import main
 from common.config import AttackSuite, EvalConfig, PgdConfig, PrepareConfig, TrainConfig
 from common.data import Beats, prepare
 from common.metrics import classification_metrics, evaluate
-from common.model import EcgCnn, build_model
+from common.model import EcgCnn, PairMaxPool, build_model
 from common.train import train
 from tests.conftest import synthetic_beats
 
@@ -22,6 +22,30 @@ def test_model_has_the_papers_parameter_count_and_shape() -> None:
     model = EcgCnn()
     assert sum(p.numel() for p in model.parameters()) == 410_021
     assert model(torch.zeros(7, 1, 180)).shape == (7, 5)
+
+
+@pytest.mark.parametrize("length", [180, 45, 5])  # 45 and 5: the odd lengths whose last sample is dropped
+def test_pair_max_pool_equals_max_pool1d_in_value_and_gradient_ties_included(length: int) -> None:
+    # Quantised values make ties common, as in 11-bit ECG and ReLU zeros.
+    x = (torch.randn(4, 6, length) * 4).round() / 4
+    grad = torch.randn(4, 6, length // 2)
+    reference, ours = x.clone().requires_grad_(), x.clone().requires_grad_()
+    expected, got = torch.nn.MaxPool1d(2)(reference), PairMaxPool()(ours)
+    expected.backward(grad)
+    got.backward(grad)
+    assert torch.equal(got, expected)
+    assert torch.equal(ours.grad, reference.grad)
+    assert (x[..., 0 : 2 * (length // 2) : 2] == x[..., 1 : 2 * (length // 2) : 2]).any()  # ties were there
+
+
+def test_model_with_pair_max_pool_attacks_exactly_like_the_library_pool() -> None:
+    x, y = torch.rand(16, 1, 180), torch.randint(0, 5, (16,))
+    adversarial = []
+    for pool in (PairMaxPool, lambda: torch.nn.MaxPool1d(2)):
+        model = build_model(0, pool=pool)
+        torch.manual_seed(1)
+        adversarial.append(perturb(build_attacks(model, AttackSuite())["pgd"], model, x, y))
+    assert torch.equal(*adversarial)
 
 
 def test_build_model_is_seeded_and_leaves_global_rng_alone() -> None:
