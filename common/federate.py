@@ -147,7 +147,13 @@ def describe(cfg: FederationConfig) -> str:
     )
 
 
-def federate(options: FederateOptions, prepare_cfg: PrepareConfig, run_cfg: FederationConfig) -> int:
+def federate(
+    options: FederateOptions,
+    prepare_cfg: PrepareConfig,
+    run_cfg: FederationConfig,
+    watch: Callable[[LocalFederation], None] | None = None,
+) -> int:
+    """Run the federation; `watch` is called with it at every progress poll (the benchmark samples memory)."""
     manifest = ensure_prepared(options, prepare_cfg)
     shards = [options.data / name for name in manifest["client_files"]]
     certs = options.workdir / "certs"
@@ -172,6 +178,8 @@ def federate(options: FederateOptions, prepare_cfg: PrepareConfig, run_cfg: Fede
         def superlink_alive() -> None:
             if federation.processes["superlink"].poll() is not None:
                 raise LauncherError(f"the SuperLink died during run {run_id}:\n{federation.log_tail('superlink')}")
+            if watch:
+                watch(federation)
 
         return follow(federation.control, run_id, run_cfg, check=superlink_alive)
     except KeyboardInterrupt:

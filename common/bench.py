@@ -1,0 +1,514 @@
+"""`ecg-fat bench`: how fast the pipeline is here, measured side by side in one run.
+
+Every speed is a ratio of two things measured in the same run on the same machine, each in a fresh
+Python process so that one's allocator or thread settings cannot leak into the other:
+
+- training step: the project's `train()` (torchattacks PGD, parameters frozen, PairMaxPool, tuned
+  allocator) against a plain loop around torchattacks' PGD on the model with nn.MaxPool1d and the
+  default allocator, on the same windows from the same seed; the robust accuracy each trained model
+  gives on the same test windows must agree (the computations are the same: tests/test_bench.py);
+- PGD-20 alone, one speed-up at a time, and with bf16 autocast, which pays only on hardware with bf16
+  units (so every attack here stays in fp32);
+- the full 5-condition evaluation of the test set, the project's against the library pooling with the
+  default allocator;
+- federation overhead: a real TLS federation (3 nodes, 2 rounds) against the same training and
+  evaluation done in one process;
+- scale: time per round and peak resident memory per SuperNode with 10 and 20 SuperNodes.
+
+Real MIT-BIH records are used when present; otherwise synthetic WFDB records, and the output says so.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torchattacks
+import wfdb
+from torch import nn
+
+from common.attacks import perturb, pgd
+from common.config import EvalConfig, FederationConfig, PgdConfig, PrepareConfig, TrainConfig
+from common.data import MANIFEST, TEST_FILE, Beats, load_beats, prepare
+from common.federate import FederateOptions, default_threads, federate
+from common.launcher import LocalFederation, descendants
+from common.metrics import evaluate
+from common.model import EcgCnn, build_model
+from common.runtime import tune_allocator
+from common.train import seed_everything, to_tensors, train
+
+log = logging.getLogger("ecg_fat")
+
+SECTIONS = ("train", "attack", "evaluate", "federation", "scale")
+GLIBC_TUNABLES = "GLIBC_TUNABLES"
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """How much work each measurement does; `quick` keeps the whole benchmark to a few minutes."""
+
+    train_windows: int  # windows trained for one epoch in the training-step comparison
+    robust_test_windows: int  # test windows for the robust accuracy of those models
+    repeats: int  # alternating measurements of each training variant (best one kept)
+    attack_windows: int
+    eval_windows: int | None  # None: the whole test set
+    federation_train_windows: int
+    federation_test_windows: int
+    scale_train_windows: int
+    scale_test_windows: int
+    scale_nodes: tuple[int, ...] = (10, 20)
+
+
+QUICK = Sizes(640, 500, 1, 512, 2_000, 300, 300, 100, 200)
+FULL = Sizes(3_200, 2_000, 2, 2_048, None, 1_500, 1_500, 300, 1_000)
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    mitdb: Path
+    workdir: Path
+    sizes: Sizes = FULL
+    sections: tuple[str, ...] = SECTIONS
+
+
+# ---------------------------------------------------------------------------------------- data
+
+
+def write_synthetic_records(directory: Path, records: int = 12, beats: int = 900, seed: int = 0) -> Path:
+    """WFDB records of noisy synthetic beats, one AAMI-class shape per symbol (for machines without MIT-BIH)."""
+    rng = np.random.default_rng(seed)
+    symbols, shapes = ["N", "A", "V", "F", "/"], [1.0, 0.7, -1.2, 0.4, 1.6]
+    probabilities = [0.8, 0.05, 0.08, 0.02, 0.05]
+    directory.mkdir(parents=True, exist_ok=True)
+    t = np.arange(-90, 90)
+    for r in range(records):
+        classes = rng.choice(len(symbols), size=beats, p=probabilities)
+        samples = 200 + 300 * np.arange(beats)
+        signal = 0.05 * rng.standard_normal(samples[-1] + 300)
+        for sample, cls in zip(samples, classes, strict=True):
+            width = 6 + 4 * cls
+            signal[sample - 90 : sample + 90] += shapes[cls] * np.exp(-(t**2) / (2 * width**2))
+        wfdb.wrsamp(
+            str(100 + r), fs=360, units=["mV"], sig_name=["MLII"], p_signal=signal[:, None], fmt=["212"],
+            write_dir=str(directory),
+        )  # fmt: skip
+        wfdb.wrann(str(100 + r), "atr", samples, symbol=[symbols[c] for c in classes], write_dir=str(directory))
+    return directory
+
+
+def source_records(options: BenchOptions) -> tuple[Path, str]:
+    if (options.mitdb / "100.hea").is_file():
+        return options.mitdb, f"MIT-BIH records in {options.mitdb}"
+    log.warning(
+        "no MIT-BIH records in %s: using synthetic WFDB records (speeds only, not the paper's task)", options.mitdb
+    )
+    return write_synthetic_records(options.workdir / "synthetic-records"), "synthetic records (no MIT-BIH found)"
+
+
+def prepared(source: Path, out: Path, clients: int) -> Path:
+    manifest = out / MANIFEST
+    settings = PrepareConfig(clients=clients)
+    if not manifest.exists() or json.loads(manifest.read_text())["settings"] != settings.model_dump(mode="json"):
+        prepare(source, out, settings)
+    return out
+
+
+# ------------------------------------------------------------------------------ worker processes
+
+
+def run_worker(task: str, params: dict, tuned: bool, threads: int) -> dict:
+    """Run one measurement in a fresh Python process; its JSON result is the last line it prints."""
+    env = {k: v for k, v in os.environ.items() if k != GLIBC_TUNABLES}
+    params = {**params, "tuned": tuned, "threads": threads}
+    done = subprocess.run(
+        [sys.executable, "-m", "common.bench", task, json.dumps(params)],
+        env=env, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    if done.returncode != 0:
+        raise RuntimeError(f"benchmark worker {task} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def library_pool() -> nn.Module:
+    return nn.MaxPool1d(2)
+
+
+def reference_epoch(model: nn.Module, beats: Beats, cfg: TrainConfig) -> None:
+    """The plain loop a reader of torchattacks would write: PGD, then one Adam step on concat(x, adv)."""
+    seed_everything(cfg.seed)
+    x, y = to_tensors(beats, torch.device("cpu"))
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    attack = torchattacks.PGD(model, eps=cfg.pgd.eps, alpha=cfg.pgd.alpha, steps=cfg.pgd.steps, random_start=True)
+    for batch in torch.randperm(len(y)).split(cfg.batch_size):
+        xb, yb = x[batch], y[batch]
+        adversarial = attack(xb, yb)
+        model.train()
+        optimizer.zero_grad()
+        loss = nn.functional.cross_entropy(model(torch.cat([xb, adversarial])), torch.cat([yb, yb]))
+        loss.backward()
+        optimizer.step()
+
+
+def task_train(params: dict) -> dict:
+    shard = load_beats(Path(params["shard"])).subsample(params["train_windows"], 0)
+    test = load_beats(Path(params["test"])).subsample(params["test_windows"], 0)
+    cfg = TrainConfig(epochs=1)
+    started = time.perf_counter()
+    if params["variant"] == "reference":
+        model = build_model(0, pool=library_pool)
+        reference_epoch(model, shard, cfg)
+    else:
+        model = build_model(0)
+        train(model, shard, cfg, torch.device("cpu"))
+    seconds = time.perf_counter() - started
+    if params.get("save"):
+        torch.save(model.state_dict(), params["save"])
+    robust = evaluate(model, test, EvalConfig(conditions=("clean", "pgd")), torch.device("cpu"))
+    return {
+        "windows_per_second": 2 * len(shard) / seconds,  # the optimiser sees clean + adversarial
+        "seconds": seconds,
+        "clean_accuracy": robust["clean"]["accuracy"],
+        "robust_accuracy": robust["pgd"]["accuracy"],
+    }
+
+
+class Bf16Logits(nn.Module):
+    """The model under bf16 autocast, logits back in fp32 (for the attack's loss)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return self.model(x).float()
+
+
+def task_attack(params: dict) -> dict:
+    beats = load_beats(Path(params["test"])).subsample(params["windows"], 0)
+    x, y = to_tensors(beats, torch.device("cpu"))
+    model = build_model(0) if params["pool"] == "pair-max" else build_model(0, pool=library_pool)
+    attacked = Bf16Logits(model) if params["precision"] == "bf16" else model
+    attack = pgd(attacked, PgdConfig())
+    perturb(attack, attacked, x[:64], y[:64])  # warm-up
+    started = time.perf_counter()
+    for xb, yb in zip(x.split(64), y.split(64), strict=True):
+        perturb(attack, attacked, xb, yb)
+    return {"windows_per_second": len(y) / (time.perf_counter() - started)}
+
+
+def task_evaluate(params: dict) -> dict:
+    test = load_beats(Path(params["test"])).subsample(params["windows"], 0)
+    model = EcgCnn() if params["pool"] == "pair-max" else EcgCnn(pool=library_pool)
+    model.load_state_dict(torch.load(params["model"], weights_only=True))
+    started = time.perf_counter()
+    results = evaluate(model, test, EvalConfig(), torch.device("cpu"))
+    return {
+        "windows": len(test),
+        "seconds": time.perf_counter() - started,
+        "per_condition": {c: round(r["seconds"], 2) for c, r in results.items()},
+        "accuracy": {c: r["accuracy"] for c, r in results.items()},
+    }
+
+
+TASKS: dict[str, Callable[[dict], dict]] = {"train": task_train, "attack": task_attack, "evaluate": task_evaluate}
+
+
+# ------------------------------------------------------------------------------------ sections
+
+
+def bench_train(data: Path, sizes: Sizes, threads: int) -> dict:
+    params = {
+        "shard": str(data / "client_00.npz"), "test": str(data / TEST_FILE),
+        "train_windows": sizes.train_windows, "test_windows": sizes.robust_test_windows,
+    }  # fmt: skip
+    runs: dict[str, list[dict]] = {"reference": [], "project": []}
+    for _ in range(sizes.repeats):  # alternate, so that drift of the machine hits both alike
+        for variant, tuned in (("reference", False), ("project", True)):
+            extra = {"save": str(data.parent / "bench-model.pt")} if variant == "project" else {}
+            runs[variant].append(run_worker("train", {**params, **extra, "variant": variant}, tuned, threads))
+    best = {v: max(r, key=lambda row: row["windows_per_second"]) for v, r in runs.items()}
+    return {
+        "train_windows": sizes.train_windows,
+        "batch_size": TrainConfig().batch_size,
+        "reference": best["reference"],
+        "project": best["project"],
+        "speedup": best["project"]["windows_per_second"] / best["reference"]["windows_per_second"],
+        "robust_accuracy_difference_points": 100
+        * abs(best["project"]["robust_accuracy"] - best["reference"]["robust_accuracy"]),
+    }
+
+
+def bench_attack(data: Path, sizes: Sizes, threads: int) -> dict:
+    params = {"test": str(data / TEST_FILE), "windows": sizes.attack_windows}
+    variants = {  # name: (pooling, precision, tuned allocator)
+        "nn.MaxPool1d, default allocator": ("library", "fp32", False),
+        "nn.MaxPool1d, tuned allocator": ("library", "fp32", True),
+        "PairMaxPool, tuned (project)": ("pair-max", "fp32", True),
+        "PairMaxPool, tuned, bf16 autocast": ("pair-max", "bf16", True),
+    }
+    rows = {
+        name: run_worker("attack", {**params, "pool": pool, "precision": precision}, tuned, threads)
+        for name, (pool, precision, tuned) in variants.items()
+    }
+    base = rows["nn.MaxPool1d, default allocator"]["windows_per_second"]
+    return {name: {**row, "ratio": row["windows_per_second"] / base} for name, row in rows.items()}
+
+
+def bench_evaluate(data: Path, sizes: Sizes, threads: int) -> dict:
+    model = data.parent / "bench-model.pt"
+    if not model.exists():
+        torch.save(build_model(0).state_dict(), model)
+    params = {"test": str(data / TEST_FILE), "windows": sizes.eval_windows, "model": str(model)}
+    reference = run_worker("evaluate", {**params, "pool": "library"}, False, threads)
+    project = run_worker("evaluate", {**params, "pool": "pair-max"}, True, threads)
+    return {"reference": reference, "project": project, "speedup": reference["seconds"] / project["seconds"]}
+
+
+def in_process_federation(data: Path, cfg: FederationConfig) -> None:
+    """What the federation computes, in one process: train the sampled shards in turn, FedAvg, evaluate."""
+    manifest = json.loads((data / MANIFEST).read_text())
+    shards = [load_beats(data / name) for name in manifest["client_files"]][: cfg.nodes_per_round]
+    test = load_beats(data / TEST_FILE).subsample(cfg.max_test_windows or None, cfg.seed)
+    state = build_model(cfg.seed).state_dict()
+    evaluate(_with_state(state), test, cfg.evaluate, torch.device("cpu"))
+    for server_round in range(1, cfg.num_rounds + 1):
+        updates = []
+        for index, shard in enumerate(shards):
+            beats = shard.subsample(cfg.max_train_windows or None, server_round + index)
+            model = _with_state(state)
+            train(model, beats, cfg.train.model_copy(update={"seed": server_round + index}), torch.device("cpu"))
+            updates.append((model.state_dict(), len(beats)))
+        total = sum(n for _, n in updates)
+        state = {k: sum(s[k] * (n / total) for s, n in updates) for k in state}
+        evaluate(_with_state(state), test, cfg.evaluate, torch.device("cpu"))
+
+
+def _with_state(state: dict[str, torch.Tensor]) -> EcgCnn:
+    model = EcgCnn()
+    model.load_state_dict(state)
+    return model
+
+
+def run_federation(
+    data: Path, workdir: Path, cfg: FederationConfig, watch: Callable[[LocalFederation], None] | None = None
+) -> float:
+    options = FederateOptions(
+        workdir=workdir, source=None, data=data, threads_per_node=default_threads(cfg.nodes_per_round)
+    )
+    started = time.perf_counter()
+    if federate(options, PrepareConfig(clients=cfg.num_nodes), cfg, watch=watch) != 0:
+        raise RuntimeError(f"the benchmark federation failed; logs in {workdir / 'logs'}")
+    return time.perf_counter() - started
+
+
+def bench_federation(source: Path, workdir: Path, sizes: Sizes) -> dict:
+    data = prepared(source, workdir / "data-3", clients=3)
+    cfg = FederationConfig(
+        num_rounds=2, num_nodes=3, nodes_per_round=3, train=TrainConfig(epochs=1),
+        max_train_windows=sizes.federation_train_windows, max_test_windows=sizes.federation_test_windows,
+        results_dir=str((workdir / "results-federation").resolve()),
+    )  # fmt: skip
+    federated = run_federation(data, workdir / "federation", cfg)
+    started = time.perf_counter()
+    in_process_federation(data, cfg)
+    one_process = time.perf_counter() - started
+    return {
+        "nodes": 3, "rounds": 2, "train_windows_per_node": sizes.federation_train_windows,
+        "test_windows": sizes.federation_test_windows, "federation_seconds": federated,
+        "one_process_seconds": one_process, "overhead": federated / one_process,
+    }  # fmt: skip
+
+
+class MemoryWatch:
+    """Peak resident memory of each SuperNode's process tree (SuperNode, SuperExec, ClientApp)."""
+
+    def __init__(self) -> None:
+        self.peak: dict[str, int] = {}
+
+    def __call__(self, federation: LocalFederation) -> None:
+        for name, process in list(federation.processes.items()):
+            if name.startswith("supernode"):
+                rss = sum(resident_bytes(pid) for pid in [process.pid, *descendants(process.pid)])
+                self.peak[name] = max(self.peak.get(name, 0), rss)
+
+
+def resident_bytes(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def bench_scale(source: Path, workdir: Path, sizes: Sizes) -> dict:
+    rows = {}
+    for nodes in sizes.scale_nodes:
+        data = prepared(source, workdir / f"data-{nodes}", clients=nodes)
+        results = workdir / f"results-scale-{nodes}"
+        cfg = FederationConfig(
+            num_rounds=2, num_nodes=nodes, nodes_per_round=nodes // 2, train=TrainConfig(epochs=1),
+            max_train_windows=sizes.scale_train_windows, max_test_windows=sizes.scale_test_windows,
+            results_dir=str(results.resolve()),
+        )  # fmt: skip
+        memory, seen = MemoryWatch(), RoundClock(results)
+
+        def watch(federation: LocalFederation, memory: MemoryWatch = memory, seen: RoundClock = seen) -> None:
+            memory(federation)
+            seen()
+
+        wall = run_federation(data, workdir / f"federation-{nodes}", cfg, watch=watch)
+        peaks = sorted(memory.peak.values())
+        rows[str(nodes)] = {
+            "nodes": nodes, "nodes_per_round": nodes // 2, "train_windows_per_node": sizes.scale_train_windows,
+            "wall_seconds": wall, "seconds_per_round": seen.seconds_per_round(),
+            "peak_rss_mb_max": peaks[-1] / 2**20, "peak_rss_mb_median": peaks[len(peaks) // 2] / 2**20,
+        }  # fmt: skip
+    return rows
+
+
+class RoundClock:
+    """When each round's evaluation first appears in the results (polled with the run's progress)."""
+
+    def __init__(self, results: Path) -> None:
+        self.metrics, self.first_seen = results / "metrics.jsonl", {}
+
+    def __call__(self) -> None:
+        if self.metrics.exists():
+            for line in self.metrics.read_text().splitlines():
+                self.first_seen.setdefault(json.loads(line)["round"], time.monotonic())
+
+    def seconds_per_round(self) -> float | None:
+        rounds = sorted(self.first_seen)
+        if len(rounds) < 2:
+            return None
+        return (self.first_seen[rounds[-1]] - self.first_seen[rounds[0]]) / (rounds[-1] - rounds[0])
+
+
+# ----------------------------------------------------------------------------------- the run
+
+
+def bench(options: BenchOptions, on_section: Callable[[str, float], None] | None = None) -> dict:
+    options.workdir.mkdir(parents=True, exist_ok=True)
+    source, source_text = source_records(options)
+    data = prepared(source, options.workdir / "data", clients=10)
+    threads = torch.get_num_threads()
+    report: dict = {
+        "data": source_text,
+        "mode": {QUICK: "quick", FULL: "full"}.get(options.sizes, "custom"),
+        "sizes": asdict(options.sizes),
+        "machine": {
+            "cpu": platform.processor() or platform.machine(),
+            "cores": os.cpu_count(),
+            "torch_threads": threads,
+            "torch": torch.__version__,
+            "torchattacks": torchattacks.__version__,
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        },
+        "sections": {},
+        "section_seconds": {},
+    }
+    runners: dict[str, Callable[[], dict]] = {
+        "train": lambda: bench_train(data, options.sizes, threads),
+        "attack": lambda: bench_attack(data, options.sizes, threads),
+        "evaluate": lambda: bench_evaluate(data, options.sizes, threads),
+        "federation": lambda: bench_federation(source, options.workdir, options.sizes),
+        "scale": lambda: bench_scale(source, options.workdir, options.sizes),
+    }
+    for section in options.sections:
+        log.info("bench: measuring %s", section)
+        started = time.perf_counter()
+        report["sections"][section] = runners[section]()
+        report["section_seconds"][section] = time.perf_counter() - started
+        if on_section:
+            on_section(section, report["section_seconds"][section])
+    return report
+
+
+def machine(threads: int) -> dict:
+    return {
+        "cpu": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+        "torch_threads": threads,
+        "torch": torch.__version__,
+        "torchattacks": torchattacks.__version__,
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+    }
+
+
+# Targets of issue 5 on a 2-core machine: (label, value from the report, comparison, target).
+def target_rows(report: dict) -> list[tuple[str, float, str, float]]:
+    s, rows = report["sections"], []
+    if "train" in s:
+        rows.append(("training step speed-up over torchattacks loop", s["train"]["speedup"], ">=", 1.3))
+        rows.append(("robust accuracy difference (points)", s["train"]["robust_accuracy_difference_points"], "<=", 0.5))
+    if "evaluate" in s and report["sizes"]["eval_windows"] is None:
+        rows.append(("full 5-condition evaluation (s)", s["evaluate"]["project"]["seconds"], "<=", 45.0))
+    if "federation" in s:
+        rows.append(("federation overhead (x one process)", s["federation"]["overhead"], "<=", 1.10))
+    for nodes, row in s.get("scale", {}).items():
+        rows.append((f"peak RSS per SuperNode, {nodes} nodes (MB)", row["peak_rss_mb_max"], "<=", 600.0))
+    return rows
+
+
+def format_report(report: dict) -> str:
+    s = report["sections"]
+    lines = [f"ecg-fat bench ({report['mode']}) on {report['data']}", f"machine: {json.dumps(report['machine'])}", ""]
+    if "train" in s:
+        t = s["train"]
+        lines += [
+            f"training step, {t['train_windows']} windows x 1 epoch, batch {t['batch_size']} (trained windows/s):",
+            f"  torchattacks loop  {t['reference']['windows_per_second']:8.1f}   robust acc "
+            f"{100 * t['reference']['robust_accuracy']:.2f}%",
+            f"  project train()    {t['project']['windows_per_second']:8.1f}   robust acc "
+            f"{100 * t['project']['robust_accuracy']:.2f}%   speed-up {t['speedup']:.2f}x",
+        ]
+    if "attack" in s:
+        lines.append("PGD-20 alone, batch 64 (windows/s):")
+        lines += [f"  {n:32s} {r['windows_per_second']:8.1f}   {r['ratio']:.2f}x" for n, r in s["attack"].items()]
+    if "evaluate" in s:
+        e = s["evaluate"]
+        lines.append(f"evaluation, 5 conditions, {e['project']['windows']} windows (s):")
+        for name, label in (("reference", "nn.MaxPool1d, default allocator"), ("project", "project")):
+            per = "  ".join(f"{c} {v:.1f}" for c, v in e[name]["per_condition"].items())
+            lines.append(f"  {label:32s} {e[name]['seconds']:7.1f}   ({per})")
+        lines.append(f"  speed-up {e['speedup']:.2f}x")
+    if "federation" in s:
+        f = s["federation"]
+        lines.append(
+            f"federation, {f['nodes']} nodes x {f['rounds']} rounds over TLS: {f['federation_seconds']:.1f} s; "
+            f"one process: {f['one_process_seconds']:.1f} s; overhead {f['overhead']:.2f}x"
+        )
+    for nodes, row in s.get("scale", {}).items():
+        per_round = row["seconds_per_round"]
+        lines.append(
+            f"scale, {nodes} SuperNodes ({row['nodes_per_round']} per round): "
+            f"{'n/a' if per_round is None else f'{per_round:.1f}'} s per round, peak RSS per SuperNode "
+            f"{row['peak_rss_mb_median']:.0f} MB median, {row['peak_rss_mb_max']:.0f} MB max"
+        )
+    lines += ["", "targets:"]
+    for label, value, op, target in target_rows(report):
+        met = value >= target if op == ">=" else value <= target
+        gap = "met" if met else f"MISSED by {abs(value - target):.2f}"
+        lines.append(f"  {label:48s} {value:9.2f}  target {op} {target:g}: {gap}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":  # a worker: `python -m common.bench TASK JSON`
+    task_params = json.loads(sys.argv[2])
+    if task_params["tuned"]:
+        tune_allocator()
+    torch.set_num_threads(task_params["threads"])
+    print(json.dumps(TASKS[sys.argv[1]](task_params)))
