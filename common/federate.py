@@ -22,7 +22,7 @@ from common.launcher import ControlClient, LauncherError, LocalFederation
 from common.metrics import format_table
 from server.evaluation import progress_line
 from server.report import write_report
-from server.results import Results
+from server.results import FINAL_MODEL, Results
 
 log = logging.getLogger("ecg_fat")
 
@@ -94,7 +94,8 @@ def follow(control: ControlClient, run_id: int, run_cfg: FederationConfig, check
         progress()
         check()
 
-    status = control.wait_run(run_id, on_poll=poll)
+    # The ServerApp writes the final model last: from then on, ask for the run's status at every poll.
+    status = control.wait_run(run_id, on_poll=poll, ended=lambda: (results / FINAL_MODEL).exists())
     server_log = control.server_log(run_id)
     if results.is_dir():
         (results / "serverapp.log").write_text(server_log)

@@ -140,11 +140,27 @@ class ControlClient:
         return runs[0]["status"] if runs else "unknown"
 
     def wait_run(
-        self, run_id: int, on_poll: Callable[[], None] | None = None, poll: float = 3.0, timeout: float | None = None
+        self,
+        run_id: int,
+        on_poll: Callable[[], None] | None = None,
+        poll: float = 3.0,
+        timeout: float | None = None,
+        status_every: float = 20.0,
+        ended: Callable[[], bool] | None = None,
     ) -> str:
-        """Poll until the run is `finished:...` (`flwr run --stream` exits 0 even on failure)."""
+        """Call `on_poll` every `poll` seconds until the run is `finished:...`.
+
+        Each status query starts a `flwr` CLI process (about 1.5 s of CPU), so the status is asked every
+        `status_every` seconds, or at every poll once `ended()` says the run has probably ended.
+        """
         deadline = None if timeout is None else time.monotonic() + timeout
-        while not (status := self.run_status(run_id)).startswith("finished"):
+        next_query = time.monotonic()
+        while True:
+            if time.monotonic() >= next_query or (ended is not None and ended()):
+                status = self.run_status(run_id)
+                next_query = time.monotonic() + status_every
+                if status.startswith("finished"):
+                    break
             if on_poll:
                 on_poll()
             if deadline is not None and time.monotonic() > deadline:

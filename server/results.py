@@ -34,6 +34,7 @@ METRIC_FIELDS = [
     "seconds",
 ]
 CLIENT_FIELDS = ["round", "node_id", "status", "num-examples", "train-loss", "train-accuracy", "train-seconds", "error"]
+FINAL_MODEL = "final_model.pt"
 _CHECKPOINT = re.compile(r"round_(\d{3,})\.pt$")
 
 
@@ -88,7 +89,7 @@ class Results:
         write_atomically(self.checkpoint_path(server_round), lambda f: torch.save(state, f))
 
     def save_final(self, state: dict[str, torch.Tensor]) -> None:
-        write_atomically(self.dir / "final_model.pt", lambda f: torch.save(state, f))
+        write_atomically(self.dir / FINAL_MODEL, lambda f: torch.save(state, f))
 
     def add_metrics(self, server_round: int, results: dict[str, dict]) -> None:
         rows = [{"round": server_round, "condition": c, **m} for c, m in results.items()]

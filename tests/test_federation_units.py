@@ -140,3 +140,17 @@ def test_flower_processes_find_this_environments_executables_without_activation(
     control = ControlClient("127.0.0.1:1", tmp_path / "ca.crt", tmp_path / "home")
     assert control.env["PATH"].split(os.pathsep)[0] == str(Path(sys.executable).parent)
     assert (Path(sys.executable).parent / "flower-superexec").exists()
+
+
+def test_run_status_is_asked_rarely_until_the_run_has_probably_ended(tmp_path, monkeypatch):
+    # Each status query is a `flwr` process (~1.5 s of CPU): not at every progress poll.
+    control = ControlClient("127.0.0.1:1", tmp_path / "ca.crt", tmp_path / "home")
+    answers = iter(["running", "running", "finished:completed"])
+    queries, polls = [], []
+    monkeypatch.setattr(control, "run_status", lambda run_id: queries.append(run_id) or next(answers))
+    status = control.wait_run(
+        7, on_poll=lambda: polls.append(1), poll=0.001, status_every=3600, ended=lambda: len(polls) >= 10
+    )
+    assert status == "finished:completed"
+    assert queries == [7, 7, 7]  # at the start, then at every poll once ended() said so
+    assert len(polls) == 12  # ten polls without a query, one after the second query, one at the end
