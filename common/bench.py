@@ -46,6 +46,7 @@ from common.metrics import evaluate
 from common.model import EcgCnn, build_model
 from common.runtime import tune_allocator
 from common.train import seed_everything, to_tensors, train
+from server.results import Results
 
 log = logging.getLogger("ecg_fat")
 
@@ -69,6 +70,9 @@ class Sizes:
     scale_nodes: tuple[int, ...] = (10, 20)
 
 
+# A scale round whose replies have not all come in by then counts the missing ones as failures (and says
+# so), instead of Flower's default of waiting an hour.
+SCALE_ROUND_TIMEOUT = 600.0
 QUICK = Sizes(640, 500, 1, 512, 2_000, 300, 300, 100, 200)
 FULL = Sizes(3_200, 2_000, 2, 2_048, None, 1_500, 1_500, 300, 1_000)
 
@@ -364,6 +368,7 @@ def bench_scale(source: Path, workdir: Path, sizes: Sizes) -> dict:
             results_dir=str(results.resolve()),
         )  # fmt: skip
         memory, seen = MemoryWatch(), RoundClock(results)
+        cfg = cfg.model_copy(update={"round_timeout": SCALE_ROUND_TIMEOUT})
 
         def watch(federation: LocalFederation, memory: MemoryWatch = memory, seen: RoundClock = seen) -> None:
             memory(federation)
@@ -371,10 +376,12 @@ def bench_scale(source: Path, workdir: Path, sizes: Sizes) -> dict:
 
         wall = run_federation(data, workdir / f"federation-{nodes}", cfg, watch=watch)
         peaks = sorted(memory.peak.values())
+        replies = Results(results).read_jsonl("clients")
         rows[str(nodes)] = {
             "nodes": nodes, "nodes_per_round": nodes // 2, "train_windows_per_node": sizes.scale_train_windows,
             "wall_seconds": wall, "seconds_per_round": seen.seconds_per_round(),
             "peak_rss_mb_max": peaks[-1] / 2**20, "peak_rss_mb_median": peaks[len(peaks) // 2] / 2**20,
+            "failed_replies": sum(row["status"] != "ok" for row in replies), "replies": len(replies),
         }  # fmt: skip
     return rows
 
@@ -400,7 +407,8 @@ class RoundClock:
 # ----------------------------------------------------------------------------------- the run
 
 
-def bench(options: BenchOptions, on_section: Callable[[str, float], None] | None = None) -> dict:
+def bench(options: BenchOptions, on_section: Callable[[str, dict], None] | None = None) -> dict:
+    """Measure the sections in order; `on_section(name, report so far)` after each (to save partial results)."""
     options.workdir.mkdir(parents=True, exist_ok=True)
     source, source_text = source_records(options)
     data = prepared(source, options.workdir / "data", clients=10)
@@ -433,7 +441,7 @@ def bench(options: BenchOptions, on_section: Callable[[str, float], None] | None
         report["sections"][section] = runners[section]()
         report["section_seconds"][section] = time.perf_counter() - started
         if on_section:
-            on_section(section, report["section_seconds"][section])
+            on_section(section, report)
     return report
 
 
@@ -497,6 +505,7 @@ def format_report(report: dict) -> str:
             f"scale, {nodes} SuperNodes ({row['nodes_per_round']} per round): "
             f"{'n/a' if per_round is None else f'{per_round:.1f}'} s per round, peak RSS per SuperNode "
             f"{row['peak_rss_mb_median']:.0f} MB median, {row['peak_rss_mb_max']:.0f} MB max"
+            + (f"; {row['failed_replies']} of {row['replies']} replies FAILED" if row["failed_replies"] else "")
         )
     lines += ["", "targets:"]
     for label, value, op, target in target_rows(report):

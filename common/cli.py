@@ -439,10 +439,15 @@ def run_bench(args: argparse.Namespace) -> int:
         raise UsageError(f"--json: directory {args.json.parent} does not exist")
     sections = tuple(s for s in SECTIONS if s in args.only)
     options = BenchOptions(args.mitdb, args.workdir, QUICK if args.quick else FULL, sections)
-    report = bench(options, on_section=lambda name, seconds: log.info("bench: %s: %.0f s", name, seconds))
+
+    def section_done(name: str, report: dict) -> None:
+        log.info("bench: %s measured in %.0f s", name, report["section_seconds"][name])
+        if args.json:  # after every section: a later failure or Ctrl-C keeps what was measured
+            args.json.write_text(json.dumps(report, indent=2) + "\n")
+
+    report = bench(options, on_section=section_done)
     print(format_report(report))
     if args.json:
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
         print(f"measurements written to {args.json}")
     return 0
 

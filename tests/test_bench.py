@@ -60,6 +60,7 @@ def test_every_section_runs_on_synthetic_records_and_reports_its_targets(tmp_pat
     assert report["sections"]["federation"]["overhead"] > 0
     scale = report["sections"]["scale"]["4"]
     assert scale["seconds_per_round"] > 0 and 50 < scale["peak_rss_mb_max"] < 4000
+    assert scale["replies"] == 4 and scale["failed_replies"] == 0  # 2 rounds x 2 sampled nodes
     labels = [label for label, *_ in target_rows(report)]
     assert "federation overhead (x one process)" in labels
     text = format_report(report)
@@ -70,7 +71,7 @@ def test_cli_writes_json_and_names_a_bad_json_path(tmp_path: Path, capsys):
     out = tmp_path / "bench.json"
     assert main(["bench", "--quick", "--only", "attack", "--mitdb", str(tmp_path / "none"),
                  "--workdir", str(tmp_path / "w"), "--json", str(out)]) == 0  # fmt: skip
-    measured = json.loads(out.read_text())
+    measured = json.loads(out.read_text())  # written after each section, complete at the end
     assert set(measured["sections"]) == {"attack"}
     assert "PairMaxPool, tuned, bf16 autocast" in measured["sections"]["attack"]
     assert main(["bench", "--only", "attack", "--json", str(tmp_path / "missing" / "b.json")]) == 2
