@@ -247,7 +247,7 @@ def add_federate(commands: argparse._SubParsersAction) -> None:
         "--workdir",
         type=Path,
         default=Path(".ecg-fat"),
-        help="certificates, node keys, state database and logs (default .ecg-fat)",
+        help="certificates, node keys and logs (default .ecg-fat)",
     )
     parser.add_argument(
         "--data",

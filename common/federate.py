@@ -1,7 +1,7 @@
 """`ecg-fat federate`: the whole federation on one machine, without Docker.
 
 Prepares the data if needed, makes certificates and node keys if missing, starts a SuperLink (TLS,
-node authentication, state database) and N SuperNodes (each given only its own shard), waits until
+node authentication, state in memory) and N SuperNodes (each given only its own shard), waits until
 all are connected, submits the run, prints progress per round, waits for the run's final status, and
 stops every process it started, also on Ctrl-C or failure. Exit code 0 only for a completed run.
 """

@@ -66,6 +66,9 @@ def _signal_all(pids: list[int], sig: signal.Signals) -> None:
             os.kill(pid, sig)
 
 
+IN_MEMORY_STATE = ":flwr-in-memory:"  # flwr.supercore.constant.FLWR_IN_MEMORY_DB_NAME
+
+
 def _bin(name: str) -> str:
     """A console script of this environment (beside the running Python), else from PATH."""
     beside = Path(sys.executable).parent / name
@@ -194,8 +197,7 @@ class LocalFederation:
 
     def __post_init__(self) -> None:
         self.logs = self.workdir / "logs"
-        for directory in (self.logs, self.workdir / "state"):
-            directory.mkdir(parents=True, exist_ok=True)
+        self.logs.mkdir(parents=True, exist_ok=True)
         self.control = ControlClient(
             f"127.0.0.1:{self.control_port}", self.certs / "ca.crt", self.workdir / "flwr-home"
         )
@@ -248,14 +250,14 @@ class LocalFederation:
     # ------------------------------------------------------------------ SuperLink and SuperNodes
 
     def start_superlink(self, timeout: float = 60.0) -> None:
-        """Start the SuperLink on a fresh state database.
+        """Start the SuperLink with its state in memory.
 
         A SuperLink that restarts on an old database still lists the nodes of its last life as online
         until their heartbeats lapse, and refuses the same keys meanwhile; this launcher starts every
         piece anew (and resumes runs from the results directory's checkpoints), so it needs no old state.
+        In memory, not SQLite: with 20 SuperNodes on 2 cores, the SQLite state's 5 s lock timeout ran out
+        and replies were lost ("database is locked").
         """
-        database = self.workdir / "state" / "state.db"
-        database.unlink(missing_ok=True)
         self.spawn("superlink", [
             _bin("flower-superlink"),
             "--ssl-ca-certfile", str(self.certs / "ca.crt"),
@@ -264,7 +266,7 @@ class LocalFederation:
             "--host", "127.0.0.1", "--port", str(self.control_port),
             "--fleet-api-type", "grpc-rere", "--fleet-api-address", f"127.0.0.1:{self.fleet_port}",
             "--enable-supernode-auth",
-            "--database", str(database),
+            "--database", IN_MEMORY_STATE,
             "--disable-runtime-dependency-installation",
         ])  # fmt: skip
         deadline = time.monotonic() + timeout
