@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -310,6 +311,8 @@ def run_federation(
     options = FederateOptions(
         workdir=workdir, source=None, data=data, threads_per_node=default_threads(cfg.nodes_per_round)
     )
+    # The results directory is scratch: a rerun measures afresh instead of refusing to overwrite a run.
+    shutil.rmtree(cfg.results_dir, ignore_errors=True)
     started = time.perf_counter()
     if federate(options, PrepareConfig(clients=cfg.num_nodes), cfg, watch=watch) != 0:
         raise RuntimeError(f"the benchmark federation failed; logs in {workdir / 'logs'}")

@@ -16,10 +16,11 @@ from common.bench import (
     format_report,
     library_pool,
     reference_epoch,
+    run_federation,
     target_rows,
 )
 from common.cli import main
-from common.config import TrainConfig
+from common.config import FederationConfig, TrainConfig
 from common.model import build_model
 from common.train import train
 from tests.conftest import synthetic_beats
@@ -76,3 +77,18 @@ def test_cli_writes_json_and_names_a_bad_json_path(tmp_path: Path, capsys):
     assert "PairMaxPool, tuned, bf16 autocast" in measured["sections"]["attack"]
     assert main(["bench", "--only", "attack", "--json", str(tmp_path / "missing" / "b.json")]) == 2
     assert "--json" in capsys.readouterr().err
+
+
+def test_a_rerun_in_the_same_workdir_starts_from_an_empty_results_directory(tmp_path: Path, monkeypatch):
+    results = tmp_path / "results"
+    (results / "checkpoints").mkdir(parents=True)
+    (results / "checkpoints" / "round_000.pt").write_bytes(b"an earlier bench run")
+    seen = []
+
+    def fake_federate(options, prepare_cfg, cfg, watch=None) -> int:
+        seen.append(Path(cfg.results_dir).exists())
+        return 0
+
+    monkeypatch.setattr("common.bench.federate", fake_federate)
+    run_federation(tmp_path / "data", tmp_path / "federation", FederationConfig(results_dir=str(results)))
+    assert seen == [False]
