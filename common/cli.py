@@ -397,11 +397,23 @@ def add_report(commands: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("results", nargs="+", type=Path, metavar="RESULTS_DIR", help="results directories")
     parser.add_argument("--out", type=Path, default=Path("report"), help="output directory (default report)")
+    parser.add_argument(
+        "--discussion",
+        type=Path,
+        metavar="FILE",
+        help="Markdown explaining the differences from the paper, placed under the list of cells more than "
+        "1.5 points away (kept across regenerations of the report)",
+    )
     parser.set_defaults(run=run_report)
 
 
 def run_report(args: argparse.Namespace) -> int:
-    print(f"report written to {write_report(args.results, args.out)}")
+    discussion = None
+    if args.discussion is not None:
+        if not args.discussion.is_file():
+            raise UsageError(f"--discussion {args.discussion}: no such file")
+        discussion = args.discussion.read_text()
+    print(f"report written to {write_report(args.results, args.out, discussion)}")
     return 0
 
 

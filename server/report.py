@@ -9,6 +9,7 @@ robust gain per attack.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -139,10 +140,12 @@ def figure(runs: list[Run], condition: str, path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
-def write_report(result_dirs: list[Path], out: Path) -> Path:
+def write_report(result_dirs: list[Path], out: Path, discussion: str | None = None) -> Path:
     runs = [load_run(directory) for directory in result_dirs]
     out.mkdir(parents=True, exist_ok=True)
-    parts = ["# ECG-FAT results", "", "Runs: " + ", ".join(f"`{d}`" for d in result_dirs), ""]
+    # Relative to the report, so that a committed report names its committed runs, not this machine's paths.
+    names = [os.path.relpath(directory.resolve(), out.resolve()) for directory in result_dirs]
+    parts = ["# ECG-FAT results", "", "Runs: " + ", ".join(f"`{name}`" for name in names), ""]
     for number, (metric, title) in enumerate(METRICS.items(), start=2):
         parts += [f"## Table {number}: {title} (%) at the last round", "", metric_table(runs, metric), ""]
     parts += ["## Per-class recall (%) at the last round", ""]
@@ -157,6 +160,7 @@ def write_report(result_dirs: list[Path], out: Path) -> Path:
         "",
         *paper_differences(runs),
         "",
+        *([discussion.strip(), ""] if discussion else []),
         "## Figures",
         "",
     ]

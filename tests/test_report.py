@@ -66,3 +66,19 @@ def test_report_refuses_a_directory_without_metrics(tmp_path: Path, capsys: pyte
 
 def test_config_marks_the_baseline(runs: list[Path]) -> None:
     assert json.loads((runs[1] / "config.json").read_text())["train"]["adversarial"] is False
+
+
+def test_report_keeps_a_discussion_and_names_runs_relative_to_itself(runs: list[Path], tmp_path: Path) -> None:
+    discussion = tmp_path / "discussion.md"
+    discussion.write_text("### Why CW differs\n\nCW stops early per batch.\n")
+    assert main(["report", *map(str, runs), "--out", str(tmp_path / "rep"), "--discussion", str(discussion)]) == 0
+    text = (tmp_path / "rep" / "report.md").read_text()
+    assert "Runs: `../fat`, `../baseline`" in text
+    flagged, explained = text.index("fat accuracy PGD: 90.00 vs paper"), text.index("CW stops early per batch.")
+    assert flagged < explained < text.index("## Figures")
+
+
+def test_report_names_a_missing_discussion_file(runs: list[Path], tmp_path: Path, capsys) -> None:
+    missing = tmp_path / "nope.md"
+    assert main(["report", *map(str, runs), "--out", str(tmp_path / "rep"), "--discussion", str(missing)]) == 2
+    assert f"--discussion {missing}: no such file" in capsys.readouterr().err
