@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import pickle
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -19,7 +20,7 @@ from common.data import TEST_FILE, DataError, download_mitdb, load_beats, load_t
 from common.federate import FederateOptions, default_threads, federate, submit
 from common.launcher import ControlClient, LauncherError
 from common.metrics import evaluate, format_table
-from common.model import build_model, pick_device
+from common.model import EcgCnn, build_model, pick_device
 from common.runtime import tune_allocator
 from common.train import EpochStats, train
 from server.report import ReportError, write_report
@@ -383,6 +384,61 @@ def run_train_local(args: argparse.Namespace) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------- evaluate
+
+
+def add_evaluate(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "evaluate",
+        help="evaluate saved weights on a test set, clean and under the attacks",
+        description="Load saved weights (a run's final_model.pt or checkpoints/round_NNN.pt, or train-local "
+        "--save) and evaluate them on a prepared test set clean and under PGD, FGSM, CW and BIM, with any attack "
+        "setting or evaluation batch size: how a result depends on them, without training again.",
+    )
+    parser.add_argument("--model", type=Path, required=True, metavar="FILE", help="weights (.pt, a state dict)")
+    parser.add_argument("--test", type=Path, required=True, metavar="FILE", help="test set, e.g. WORKDIR/data/test.npz")
+    parser.add_argument("--max-test-windows", type=int, help="evaluate on at most this many windows, drawn with --seed")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the subsample and the attacks (default 0)")
+    parser.add_argument("--json", type=Path, metavar="PATH", help="also write the metrics as JSON")
+    add_attack_flags(parser, with_conditions=True)
+    parser.set_defaults(run=run_evaluate)
+
+
+def load_weights(path: Path) -> EcgCnn:
+    if not path.is_file():
+        raise UsageError(f"--model {path}: no such file")
+    model = EcgCnn()
+    try:
+        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    except (RuntimeError, pickle.UnpicklingError, AttributeError, TypeError) as error:
+        raise UsageError(f"--model {path}: not weights of this model ({str(error).splitlines()[0]})") from error
+    return model
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    cfg = eval_config(args)
+    if args.max_test_windows is not None and args.max_test_windows < 1:
+        raise UsageError(f"--max-test-windows: must be at least 1 (got {args.max_test_windows})")
+    if args.json and not args.json.parent.is_dir():
+        raise UsageError(f"--json: directory {args.json.parent} does not exist")
+    model = load_weights(args.model)
+    test = load_beats(args.test).subsample(args.max_test_windows, args.seed)
+    log.info("evaluating %s on %d windows of %s (batch %d)", args.model, len(test), args.test, cfg.batch_size)
+    results = evaluate(
+        model,
+        test,
+        cfg,
+        pick_device(),
+        on_condition=lambda c, m: log.info("  %-5s accuracy %.2f%%  (%.1f s)", c, 100 * m["accuracy"], m["seconds"]),
+    )
+    print(format_table(results))
+    if args.json:
+        config = cfg.model_dump(mode="json", by_alias=True)  # as in a run's config.json
+        saved = {"model": str(args.model), "windows": len(test), "config": config, "results": results}
+        args.json.write_text(json.dumps(saved, indent=2) + "\n")
+    return 0
+
+
 # ----------------------------------------------------------------------------- report
 
 
@@ -471,6 +527,7 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     add_train_local,
     add_federate,
     add_submit,
+    add_evaluate,
     add_report,
     add_bench,
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,7 @@ import torch
 from common.attacks import build_attacks, perturb
 from common.cli import main
 from common.config import AttackSuite, EvalConfig, PgdConfig, PrepareConfig, TrainConfig
-from common.data import Beats, prepare
+from common.data import Beats, prepare, save_beats
 from common.metrics import classification_metrics, evaluate
 from common.model import EcgCnn, PairMaxPool, build_model
 from common.train import train
@@ -177,3 +178,30 @@ def test_train_local_bad_flag(record_dir: Path, tmp_path: Path, capsys: pytest.C
     assert "--epochs" in capsys.readouterr().err
     assert main(["train-local", "--data", str(tmp_path), "--pgd-eps", "-1"]) == 2
     assert "--pgd-eps" in capsys.readouterr().err
+
+
+def test_evaluate_cli_scores_saved_weights(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    beats = synthetic_beats(40)
+    save_beats(tmp_path / "test.npz", beats)
+    model = build_model(3)
+    torch.save(model.state_dict(), tmp_path / "m.pt")
+    args = ["evaluate", "--model", str(tmp_path / "m.pt"), "--test", str(tmp_path / "test.npz")]
+    code = main([*args, "--conditions", "clean", "fgsm", "--eval-batch-size", "16", "--json", str(tmp_path / "e.json")])
+    assert code == 0
+    assert "fgsm" in capsys.readouterr().out
+    saved = json.loads((tmp_path / "e.json").read_text())
+    assert list(saved["results"]) == ["clean", "fgsm"]
+    assert saved["config"]["batch-size"] == 16
+    with torch.no_grad():
+        expected = (model(torch.from_numpy(beats.x)).argmax(1).numpy() == beats.y).mean()
+    assert saved["results"]["clean"]["accuracy"] == pytest.approx(expected)
+
+
+def test_evaluate_cli_names_a_bad_model_file(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    save_beats(tmp_path / "test.npz", synthetic_beats(20))
+    args = ["evaluate", "--test", str(tmp_path / "test.npz"), "--model"]
+    assert main([*args, str(tmp_path / "missing.pt")]) == 2
+    assert "--model" in capsys.readouterr().err
+    torch.save({"weight": torch.zeros(3)}, tmp_path / "other.pt")
+    assert main([*args, str(tmp_path / "other.pt")]) == 2
+    assert "not weights of this model" in capsys.readouterr().err
