@@ -19,8 +19,8 @@ class _PairMax(torch.autograd.Function):
     slower on CPU than the plain forward (27% of a PGD step here). Each output's gradient goes to the
     first of its two inputs unless the second is larger: the element max_pool1d's indices pick, ties
     included, so outputs and gradients are bit-identical (tests/test_model_attacks_training.py).
-    The backward writes both halves of each pair into one buffer; torch.stack on a last dimension of 2
-    took 35% of a PGD step by itself.
+    The backward writes both halves of each pair into one buffer: building them with torch.where and
+    torch.stack took 35% of a PGD step.
     """
 
     @staticmethod
