@@ -13,10 +13,11 @@ from typing import Any, TypeVar
 
 import torch
 from pydantic import BaseModel, ValidationError
+from torch import nn
 
 from common.bench import FULL, QUICK, SECTIONS, BenchOptions, bench, format_report
 from common.config import CONDITIONS, EvalConfig, FederationConfig, PrepareConfig, TrainConfig
-from common.data import TEST_FILE, DataError, download_mitdb, load_beats, load_training_set, prepare
+from common.data import TEST_FILE, Beats, DataError, download_mitdb, load_beats, load_training_set, prepare
 from common.federate import FederateOptions, default_threads, federate, submit
 from common.launcher import ControlClient, LauncherError
 from common.metrics import evaluate, format_table
@@ -55,6 +56,32 @@ def validated(model: type[Settings], values: dict[str, Any], flags: dict[str, st
             raise UsageError(first["msg"].removeprefix("Value error, ")) from error
         flag = flags.get(field, "--" + field.replace("_", "-"))
         raise UsageError(f"{flag}: {first['msg']} (got {first.get('input')!r})") from error
+
+
+def require_positive(**counts: int | None) -> None:
+    """Window caps given as flags (keyword = flag without dashes) must be at least 1 when set."""
+    for name, value in counts.items():
+        if value is not None and value < 1:
+            raise UsageError(f"--{name.replace('_', '-')}: must be at least 1 (got {value})")
+
+
+def require_json_dir(path: Path | None) -> None:
+    if path and not path.parent.is_dir():
+        raise UsageError(f"--json: directory {path.parent} does not exist")
+
+
+def evaluate_and_print(model: nn.Module, test: Beats, cfg: EvalConfig) -> dict[str, dict]:
+    """Evaluate on the test set, log each condition as it ends, print the table."""
+    log.info("evaluating on %d test windows (batch %d)", len(test), cfg.batch_size)
+    results = evaluate(
+        model,
+        test,
+        cfg,
+        pick_device(),
+        on_condition=lambda c, m: log.info("  %-5s accuracy %.2f%%  (%.1f s)", c, 100 * m["accuracy"], m["seconds"]),
+    )
+    print(format_table(results))
+    return results
 
 
 # ----------------------------------------------------------------------------- attack flags
@@ -341,9 +368,7 @@ def run_train_local(args: argparse.Namespace) -> int:
         {f"pgd.{k}": f"--pgd-{k}" for k in ("eps", "alpha", "steps")},
     )
     eval_cfg = eval_config(args)
-    for flag, value in (("--max-train-windows", args.max_train_windows), ("--max-test-windows", args.max_test_windows)):
-        if value is not None and value < 1:
-            raise UsageError(f"{flag}: must be at least 1 (got {value})")
+    require_positive(max_train_windows=args.max_train_windows, max_test_windows=args.max_test_windows)
     training = load_beats(args.data / args.shard) if args.shard else load_training_set(args.data)
     training = training.subsample(args.max_train_windows, args.seed)
     test = load_beats(args.data / TEST_FILE).subsample(args.max_test_windows, args.seed)
@@ -372,15 +397,7 @@ def run_train_local(args: argparse.Namespace) -> int:
         args.save.parent.mkdir(parents=True, exist_ok=True)
         torch.save(model.state_dict(), args.save)
         log.info("weights written to %s", args.save)
-    log.info("evaluating on %d test windows (batch %d)", len(test), eval_cfg.batch_size)
-    results = evaluate(
-        model,
-        test,
-        eval_cfg,
-        device,
-        on_condition=lambda c, m: log.info("  %-5s accuracy %.2f%%", c, 100 * m["accuracy"]),
-    )
-    print(format_table(results))
+    evaluate_and_print(model, test, eval_cfg)
     return 0
 
 
@@ -417,21 +434,12 @@ def load_weights(path: Path) -> EcgCnn:
 
 def run_evaluate(args: argparse.Namespace) -> int:
     cfg = eval_config(args)
-    if args.max_test_windows is not None and args.max_test_windows < 1:
-        raise UsageError(f"--max-test-windows: must be at least 1 (got {args.max_test_windows})")
-    if args.json and not args.json.parent.is_dir():
-        raise UsageError(f"--json: directory {args.json.parent} does not exist")
+    require_positive(max_test_windows=args.max_test_windows)
+    require_json_dir(args.json)
     model = load_weights(args.model)
     test = load_beats(args.test).subsample(args.max_test_windows, args.seed)
-    log.info("evaluating %s on %d windows of %s (batch %d)", args.model, len(test), args.test, cfg.batch_size)
-    results = evaluate(
-        model,
-        test,
-        cfg,
-        pick_device(),
-        on_condition=lambda c, m: log.info("  %-5s accuracy %.2f%%  (%.1f s)", c, 100 * m["accuracy"], m["seconds"]),
-    )
-    print(format_table(results))
+    log.info("weights %s, test set %s", args.model, args.test)
+    results = evaluate_and_print(model, test, cfg)
     if args.json:
         config = cfg.model_dump(mode="json", by_alias=True)  # as in a run's config.json
         saved = {"model": str(args.model), "windows": len(test), "config": config, "results": results}
@@ -503,8 +511,7 @@ def add_bench(commands: argparse._SubParsersAction) -> None:
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    if args.json and not args.json.parent.is_dir():
-        raise UsageError(f"--json: directory {args.json.parent} does not exist")
+    require_json_dir(args.json)
     sections = tuple(s for s in SECTIONS if s in args.only)
     options = BenchOptions(args.mitdb, args.workdir, QUICK if args.quick else FULL, sections)
 
