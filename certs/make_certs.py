@@ -10,7 +10,9 @@ Writes, where missing (existing files are kept, so a re-run never breaks a deplo
                                     executor connects to 127.0.0.1, so that one is always there
   DIR/node-NN, DIR/node-NN.pub      an EC P-384 key pair per SuperNode (OpenSSH format) for node
                                     authentication; the .pub files are registered with the SuperLink
-Private keys are written with mode 0600. None of these files is ever committed.
+Private keys are written with mode 0600. None of these files is ever committed: every directory that
+receives a private key gets a `.gitignore` holding `*` (as Python's venv does), so `git status` of a
+repository where keys are made anywhere shows none of them.
 """
 
 from __future__ import annotations
@@ -31,7 +33,12 @@ DEFAULT_SANS = ("superlink", "localhost", "127.0.0.1", "::1")
 VALID_DAYS = 825
 
 
+GITIGNORE = "# Made by certs/make_certs.py: nothing here goes into git (private keys).\n*\n"
+
+
 def _write(path: Path, data: bytes, private: bool) -> None:
+    if private and not (path.parent / ".gitignore").exists():
+        _write(path.parent / ".gitignore", GITIGNORE.encode(), private=False)
     temporary = path.with_name(f".{path.name}.tmp")
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if private else 0o644)
     with os.fdopen(fd, "wb") as file:

@@ -36,6 +36,20 @@ class UsageError(Exception):
     """A flag's value failed validation; the message names the flag."""
 
 
+def local_path(text: str) -> Path:
+    """A path flag made absolute once, here: no command depends on the directory it is started from
+    (Flower's CLI and processes run in other working directories)."""
+    return Path(text).expanduser().resolve()
+
+
+def remote_path(text: str) -> Path:
+    """A path as another machine (the SuperLink's container) sees it: it must be absolute already."""
+    path = Path(text)
+    if not path.is_absolute():
+        raise argparse.ArgumentTypeError(f"must be an absolute path as the SuperLink sees it (got {text!r})")
+    return path
+
+
 def validated(model: type[Settings], values: dict[str, Any], flags: dict[str, str]) -> Settings:
     """Build `model` from the given values (None = default); errors name the flag, not the field."""
     nested: dict[str, Any] = {}
@@ -127,9 +141,9 @@ def eval_config(args: argparse.Namespace) -> EvalConfig:
 
 def add_source_flags(parser: argparse.ArgumentParser, required: bool) -> None:
     source = parser.add_mutually_exclusive_group(required=required)
-    source.add_argument("--mitdb", type=Path, metavar="DIR", help="directory of WFDB records (.hea/.dat/.atr)")
+    source.add_argument("--mitdb", type=local_path, metavar="DIR", help="directory of WFDB records (.hea/.dat/.atr)")
     source.add_argument("--download", action="store_true", help="fetch mitdb from PhysioNet into --cache first")
-    parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help=f"download cache (default {DEFAULT_CACHE})")
+    parser.add_argument("--cache", type=local_path, default=DEFAULT_CACHE, help=f"download cache (default {DEFAULT_CACHE})")
 
 
 def add_prepare_flags(parser: argparse.ArgumentParser, seed_flag: str) -> None:
@@ -177,7 +191,7 @@ def add_prepare(commands: argparse._SubParsersAction) -> None:
         "training shards, and write them with manifest.json to --out.",
     )
     add_source_flags(parser, required=True)
-    parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="output directory")
+    parser.add_argument("--out", type=local_path, required=True, metavar="DIR", help="output directory")
     parser.add_argument("--clients", type=int, help="number of client shards (default 10)")
     add_prepare_flags(parser, seed_flag="--seed")
     parser.set_defaults(run=run_prepare)
@@ -213,9 +227,9 @@ def add_training_flags(parser: argparse.ArgumentParser, with_conditions: bool) -
     add_attack_flags(parser, with_conditions)
 
 
-def add_run_flags(parser: argparse.ArgumentParser, results_help: str) -> None:
+def add_run_flags(parser: argparse.ArgumentParser, results: Callable[[str], Path], results_help: str) -> None:
     """The federated run's settings, shared by `federate` (local) and `submit` (to a running SuperLink)."""
-    parser.add_argument("--results", type=Path, metavar="DIR", help=results_help)
+    parser.add_argument("--results", type=results, metavar="DIR", help=results_help)
     parser.add_argument("--resume", action="store_true", help="continue the run in --results from its last checkpoint")
     parser.add_argument("--nodes", type=int, default=10, help="SuperNodes in the federation (default 10)")
     parser.add_argument("--nodes-per-round", type=int, help="nodes sampled per round (default half: 5 of 10)")
@@ -256,8 +270,8 @@ def run_config(args: argparse.Namespace, results: Path, test_path: Path) -> Fede
     return validated(FederationConfig, values, flags)
 
 
-def default_results(args: argparse.Namespace) -> Path:
-    return Path("results") / ("baseline" if args.adversarial is False else "fat")
+def default_results(args: argparse.Namespace, parent: Path) -> Path:
+    return parent / ("baseline" if args.adversarial is False else "fat")
 
 
 def add_federate(commands: argparse._SubParsersAction) -> None:
@@ -273,18 +287,20 @@ def add_federate(commands: argparse._SubParsersAction) -> None:
     add_source_flags(parser, required=False)
     parser.add_argument(
         "--workdir",
-        type=Path,
-        default=Path(".ecg-fat"),
+        type=local_path,
+        default=".ecg-fat",
         help="certificates, node keys and logs (default .ecg-fat)",
     )
     parser.add_argument(
         "--data",
-        type=Path,
+        type=local_path,
         metavar="DIR",
         help="prepared data (default WORKDIR/data); "
         "prepared there from --mitdb/--download when missing or made with other settings",
     )
-    add_run_flags(parser, "results directory (default results/fat, or results/baseline with --no-adversarial)")
+    add_run_flags(
+        parser, local_path, "results directory (default results/fat, or results/baseline with --no-adversarial)"
+    )
     parser.add_argument(
         "--threads-per-node", type=int, help="torch threads per SuperNode (default: cores / nodes per round)"
     )
@@ -294,7 +310,7 @@ def add_federate(commands: argparse._SubParsersAction) -> None:
 
 def run_federate(args: argparse.Namespace) -> int:
     data = args.data or args.workdir / "data"
-    cfg = run_config(args, (args.results or default_results(args)).resolve(), (data / TEST_FILE).resolve())
+    cfg = run_config(args, args.results or default_results(args, local_path("results")), data / TEST_FILE)
     options = FederateOptions(
         workdir=args.workdir,
         source=source_dir(args) if (args.mitdb or args.download) else None,
@@ -318,18 +334,20 @@ def add_submit(commands: argparse._SubParsersAction) -> None:
         "SuperLink's ServerApp sees them.",
     )
     parser.add_argument("--superlink", default="superlink:8000", help="Control API address (default superlink:8000)")
-    parser.add_argument("--ca", type=Path, required=True, help="the federation's CA certificate (ca.crt)")
-    parser.add_argument("--keys", type=Path, metavar="DIR", help="register every *.pub SuperNode key in DIR")
-    parser.add_argument("--test-path", type=Path, required=True, help="the test set (test.npz) on the SuperLink")
-    parser.add_argument("--ready-file", type=Path, help="touch this file once every key is registered (healthcheck)")
+    parser.add_argument("--ca", type=local_path, required=True, help="the federation's CA certificate (ca.crt)")
+    parser.add_argument("--keys", type=local_path, metavar="DIR", help="register every *.pub SuperNode key in DIR")
+    parser.add_argument("--test-path", type=remote_path, required=True, help="the test set (test.npz) on the SuperLink")
+    parser.add_argument("--ready-file", type=local_path, help="touch this file once every key is registered (healthcheck)")
     parser.add_argument("--connect-timeout", type=float, default=600.0, help="seconds to wait for the nodes")
-    parser.add_argument("--home", type=Path, default=Path.home() / ".flwr", help="flwr CLI home (default ~/.flwr)")
-    add_run_flags(parser, "results directory on the SuperLink (default results/fat or results/baseline)")
+    parser.add_argument("--home", type=local_path, default=Path.home() / ".flwr", help="flwr CLI home (default ~/.flwr)")
+    add_run_flags(
+        parser, remote_path, "results directory on the SuperLink (default /results/fat or /results/baseline)"
+    )
     parser.set_defaults(run=run_submit)
 
 
 def run_submit(args: argparse.Namespace) -> int:
-    cfg = run_config(args, (args.results or default_results(args)).resolve(), args.test_path)
+    cfg = run_config(args, args.results or default_results(args, Path("/results")), args.test_path)
     keys = sorted(args.keys.glob("*.pub")) if args.keys else []
     return submit(ControlClient(args.superlink, args.ca, args.home), cfg, keys, args.connect_timeout, args.ready_file)
 
@@ -345,10 +363,10 @@ def add_train_local(commands: argparse._SubParsersAction) -> None:
         "adversarially (Algorithm 1: each batch trains on concat(x, PGD(x))) or clean, then evaluate it on "
         "the test set clean and under PGD, FGSM, CW and BIM.",
     )
-    parser.add_argument("--data", type=Path, required=True, metavar="DIR", help="output of `ecg-fat prepare`")
+    parser.add_argument("--data", type=local_path, required=True, metavar="DIR", help="output of `ecg-fat prepare`")
     parser.add_argument("--shard", metavar="FILE", help="train on this shard of DIR only (default: all shards)")
     parser.add_argument("--epochs", type=int, help="epochs (default 5)")
-    parser.add_argument("--save", type=Path, metavar="FILE", help="write the trained weights here (.pt)")
+    parser.add_argument("--save", type=local_path, metavar="FILE", help="write the trained weights here (.pt)")
     add_training_flags(parser, with_conditions=True)
     parser.set_defaults(run=run_train_local)
 
@@ -412,11 +430,11 @@ def add_evaluate(commands: argparse._SubParsersAction) -> None:
         "--save) and evaluate them on a prepared test set clean and under PGD, FGSM, CW and BIM, with any attack "
         "setting or evaluation batch size: how a result depends on them, without training again.",
     )
-    parser.add_argument("--model", type=Path, required=True, metavar="FILE", help="weights (.pt, a state dict)")
-    parser.add_argument("--test", type=Path, required=True, metavar="FILE", help="test set, e.g. WORKDIR/data/test.npz")
+    parser.add_argument("--model", type=local_path, required=True, metavar="FILE", help="weights (.pt, a state dict)")
+    parser.add_argument("--test", type=local_path, required=True, metavar="FILE", help="test set, e.g. WORKDIR/data/test.npz")
     parser.add_argument("--max-test-windows", type=int, help="evaluate on at most this many windows, drawn with --seed")
     parser.add_argument("--seed", type=int, default=0, help="seed of the subsample and the attacks (default 0)")
-    parser.add_argument("--json", type=Path, metavar="PATH", help="also write the metrics as JSON")
+    parser.add_argument("--json", type=local_path, metavar="PATH", help="also write the metrics as JSON")
     add_attack_flags(parser, with_conditions=True)
     parser.set_defaults(run=run_evaluate)
 
@@ -459,11 +477,11 @@ def add_report(commands: argparse._SubParsersAction) -> None:
         "more than 1.5 points from the paper) and one PNG per condition (accuracy, precision, recall, F1 against "
         "the round, a line per run).",
     )
-    parser.add_argument("results", nargs="+", type=Path, metavar="RESULTS_DIR", help="results directories")
-    parser.add_argument("--out", type=Path, default=Path("report"), help="output directory (default report)")
+    parser.add_argument("results", nargs="+", type=local_path, metavar="RESULTS_DIR", help="results directories")
+    parser.add_argument("--out", type=local_path, default="report", help="output directory (default report)")
     parser.add_argument(
         "--discussion",
-        type=Path,
+        type=local_path,
         metavar="FILE",
         help="Markdown explaining the differences from the paper, placed under the list of cells more than "
         "1.5 points away (kept across regenerations of the report)",
@@ -497,12 +515,12 @@ def add_bench(commands: argparse._SubParsersAction) -> None:
         "ratios and the targets they meet or miss; the full run takes about half an hour on 2 cores.",
     )
     parser.add_argument(
-        "--mitdb", type=Path, default=DEFAULT_BENCH_MITDB, metavar="DIR",
+        "--mitdb", type=local_path, default=str(DEFAULT_BENCH_MITDB), metavar="DIR",
         help=f"MIT-BIH records (default {DEFAULT_BENCH_MITDB}); synthetic records are used when absent",
     )  # fmt: skip
-    parser.add_argument("--workdir", type=Path, default=Path(".ecg-fat/bench"), help="scratch (default .ecg-fat/bench)")
+    parser.add_argument("--workdir", type=local_path, default=".ecg-fat/bench", help="scratch (default .ecg-fat/bench)")
     parser.add_argument("--quick", action="store_true", help="smaller workloads: a few minutes in all")
-    parser.add_argument("--json", type=Path, metavar="PATH", help="also write the measurements as JSON")
+    parser.add_argument("--json", type=local_path, metavar="PATH", help="also write the measurements as JSON")
     parser.add_argument(
         "--only", nargs="+", choices=SECTIONS, default=list(SECTIONS), metavar="SECTION",
         help=f"measure only these sections ({', '.join(SECTIONS)})",

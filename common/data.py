@@ -13,12 +13,14 @@ import logging
 import os
 import tempfile
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import wfdb
+from wfdb.io._signal import BYTES_PER_SAMPLE
 from sklearn.model_selection import StratifiedKFold, train_test_split
 
 from common.config import (
@@ -118,6 +120,24 @@ def _lead_index(header: wfdb.Record, lead: int | str, hea: Path) -> int:
     return header.sig_name.index(lead)
 
 
+def _check_signal_file(header: wfdb.Record, channel: int, dat: Path, hea: Path) -> None:
+    """The signal file holds exactly the samples the header announces (a truncated or swapped .dat would
+    otherwise fail deep inside wfdb, or be read silently short)."""
+    in_file = [i for i, name in enumerate(header.file_name) if name == header.file_name[channel]]
+    fmt = header.fmt[channel]
+    if fmt not in BYTES_PER_SAMPLE or header.sig_len is None:
+        return  # a format whose size wfdb does not tabulate: wfdb checks it while reading
+    offset = (header.byte_offset or [None] * header.n_sig)[channel] or 0
+    frames = header.sig_len * sum(header.samps_per_frame[i] for i in in_file)
+    expected = offset + int(np.ceil(frames * BYTES_PER_SAMPLE[fmt]))
+    size = dat.stat().st_size
+    if size != expected:
+        raise DataError(
+            f"{dat}: {size} bytes, but {hea.name} announces {header.sig_len} samples of {len(in_file)} signal(s) "
+            f"in format {fmt} ({expected} bytes): the header and the signal file disagree"
+        )
+
+
 def read_record(record: Path, lead: int | str, window: WindowConfig) -> Beats:
     """Read one WFDB record (header, signal, .atr annotations) and cut its beat windows."""
     hea, atr = record.with_suffix(".hea"), record.with_suffix(".atr")
@@ -125,6 +145,8 @@ def read_record(record: Path, lead: int | str, window: WindowConfig) -> Beats:
         header = wfdb.rdheader(str(record))
     except Exception as error:
         raise DataError(f"{hea}: cannot read the header ({error})") from error
+    if header.record_name != record.name:
+        raise DataError(f"{hea}: the header is of record {header.record_name!r}, not {record.name!r}")
     if header.fs != SAMPLING_RATE_HZ:
         raise DataError(f"{hea}: sampling rate {header.fs} Hz, expected {SAMPLING_RATE_HZ} Hz")
     channel = _lead_index(header, lead, hea)
@@ -132,6 +154,7 @@ def read_record(record: Path, lead: int | str, window: WindowConfig) -> Beats:
     for needed in (dat, atr):
         if not needed.is_file():
             raise DataError(f"{needed}: missing (record {record.name} needs it)")
+    _check_signal_file(header, channel, dat, hea)
     try:
         signal = wfdb.rdrecord(str(record), channels=[channel]).p_signal[:, 0]
     except Exception as error:
@@ -142,6 +165,13 @@ def read_record(record: Path, lead: int | str, window: WindowConfig) -> Beats:
         raise DataError(f"{atr}: cannot read the annotations ({error})") from error
     if not np.all(np.isfinite(signal)):
         raise DataError(f"{dat}: the signal holds missing (NaN) samples")
+    # A WFDB annotation file does not carry its record's name; one made for another (longer) record shows
+    # as beats beyond this record's end.
+    if len(annotation.sample) and annotation.sample.max() >= len(signal):
+        raise DataError(
+            f"{atr}: annotations reach sample {annotation.sample.max()}, but record {record.name} has "
+            f"{len(signal)} samples: the .atr belongs to another record"
+        )
     x, y = window_beats(signal, annotation.sample, annotation.symbol, window)
     return Beats(x, y, np.full(len(y), record.name))
 
@@ -262,17 +292,54 @@ def sha256_of(path: Path) -> str:
 
 def write_atomically(path: Path, write: Callable[[object], None]) -> None:
     """Write via `write(file)` to a temporary file beside `path`, then rename it into place."""
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.chmod(temporary, 0o644)  # mkstemp makes 0600; outputs are meant to be read
-    try:
+    with staged(path.parent) as stage:
+        stage(path.name, write)
+
+
+class _Stage:
+    """Files written under temporary names in one directory, renamed into place together at the end."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory, self.temporaries = directory, {}
+
+    def __call__(self, name: str, write: Callable[[object], None]) -> None:
+        handle, temporary = tempfile.mkstemp(dir=self.directory, prefix=f".{name}.", suffix=".tmp")
+        self.temporaries[name] = Path(temporary)
+        os.chmod(temporary, 0o644)  # mkstemp makes 0600; outputs are meant to be read
         with os.fdopen(handle, "wb") as file:
             write(file)
             file.flush()
             os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+
+    def temporary(self, name: str) -> Path:
+        return self.temporaries[name]
+
+
+@contextmanager
+def staged(directory: Path) -> Iterator[_Stage]:
+    stage = _Stage(directory)
+    try:
+        yield stage
+        for name, temporary in stage.temporaries.items():
+            os.replace(temporary, directory / name)
+    finally:
+        for temporary in stage.temporaries.values():
+            temporary.unlink(missing_ok=True)
+
+
+@contextmanager
+def _output_errors(out: Path) -> Iterator[None]:
+    """A file-system failure while writing (no permission, a full disk, a file where the directory should
+    be) becomes one line naming the path; a directory made for the output is removed again."""
+    existed = out.exists()
+    try:
+        yield
+    except OSError as error:
+        if not existed:
+            with suppress(OSError):
+                out.rmdir()
+        where = error.filename or out
+        raise DataError(f"{where}: cannot write the prepared data there ({error.strerror or error})") from error
 
 
 def save_beats(path: Path, beats: Beats) -> None:
@@ -315,19 +382,8 @@ def prepare(source: Path, out: Path, cfg: PrepareConfig) -> dict:
     if any(len(shard) == 0 for shard in shards):
         raise DataError(f"{cfg.partition} partition left a client shard empty; use fewer --clients")
 
-    out.mkdir(parents=True, exist_ok=True)
+    parts = {**{client_file(i): shard for i, shard in enumerate(shards)}, TEST_FILE: test}
     files: dict[str, dict] = {}
-    for name, part in [*((client_file(i), s) for i, s in enumerate(shards)), (TEST_FILE, test)]:
-        save_beats(out / name, part)
-        files[name] = {
-            "windows": len(part),
-            "class_counts": class_counts(part.y),
-            "records": sorted(set(part.record.tolist())),
-            "sha256": sha256_of(out / name),
-        }
-        log.info("wrote %s: %d windows %s", out / name, len(part), files[name]["class_counts"])
-    for stale in set(p.name for p in out.glob("client_*.npz")) - set(files):
-        (out / stale).unlink()  # shards of an earlier run with more clients
     manifest = {
         "source": str(source.resolve()),
         "settings": cfg.model_dump(mode="json"),
@@ -340,7 +396,22 @@ def prepare(source: Path, out: Path, cfg: PrepareConfig) -> dict:
         "client_files": [client_file(i) for i in range(len(shards))],
         "files": files,
     }
-    write_atomically(out / MANIFEST, lambda file: file.write(json.dumps(manifest, indent=2).encode()))
+    with _output_errors(out):
+        out.mkdir(parents=True, exist_ok=True)
+        with staged(out) as stage:  # nothing in `out` changes unless every file could be written
+            for name, part in parts.items():
+                stage(name, lambda file, part=part: np.savez(file, x=part.x, y=part.y, record=part.record))
+                files[name] = {
+                    "windows": len(part),
+                    "class_counts": class_counts(part.y),
+                    "records": sorted(set(part.record.tolist())),
+                    "sha256": sha256_of(stage.temporary(name)),
+                }
+            stage(MANIFEST, lambda file: file.write(json.dumps(manifest, indent=2).encode()))
+        for stale in set(p.name for p in out.glob("client_*.npz")) - set(files):
+            (out / stale).unlink()  # shards of an earlier run with more clients
+    for name, entry in files.items():
+        log.info("wrote %s: %d windows %s", out / name, entry["windows"], entry["class_counts"])
     return manifest
 
 

@@ -93,4 +93,25 @@ def test_cli_takes_several_sans_after_one_flag(tmp_path: Path) -> None:
 
 def test_site_makes_only_its_own_key(tmp_path: Path) -> None:
     assert main(["--node-key", str(tmp_path / "keys" / "node")]) == 0
-    assert sorted(p.name for p in (tmp_path / "keys").iterdir()) == ["node", "node.pub"]
+    assert sorted(p.name for p in (tmp_path / "keys").iterdir()) == [".gitignore", "node", "node.pub"]
+
+
+def test_keys_made_anywhere_in_a_repository_never_show_in_git_status(tmp_path: Path) -> None:
+    """A user who makes keys inside any git checkout (no .gitignore of theirs) sees none of them to commit."""
+    import subprocess
+
+    repo = tmp_path / "checkout"
+    repo.mkdir()
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    (repo / "README.md").write_text("a project\n")  # something that must still show
+    assert main(["--out", str(repo / "deploy" / "certs"), "--nodes", "2"]) == 0
+    assert main(["--node-key", str(repo / "site" / "keys" / "node")]) == 0
+    existing = repo / "already-there"  # a directory the user (or Docker's bind mount) made first
+    existing.mkdir()
+    make_all(existing, nodes=1)
+    status = subprocess.run(
+        ["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=all", "--ignored=no"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    assert status.splitlines() == ["?? README.md"]
+    assert (repo / "deploy" / "certs" / "node-00").is_file() and (existing / "ca.key").is_file()

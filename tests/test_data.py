@@ -204,6 +204,24 @@ def _break_sampling_rate(d: Path) -> Path:
     return d / "104.hea"
 
 
+def _break_truncated_dat(d: Path) -> Path:
+    dat = d / "101.dat"
+    dat.write_bytes(dat.read_bytes()[:-30])
+    return dat
+
+
+def _break_header_of_another_record(d: Path) -> Path:
+    hea = d / "102.hea"
+    hea.write_text(hea.read_text().replace("102 ", "105 ", 1))
+    return hea
+
+
+def _break_atr_of_another_record(d: Path) -> Path:
+    length = wfdb.rdheader(str(d / "103")).sig_len
+    wfdb.wrann("103", "atr", np.array([500, length + 400]), symbol=["N", "N"], write_dir=str(d))
+    return d / "103.atr"
+
+
 @pytest.mark.parametrize(
     ("breaker", "problem"),
     [
@@ -211,6 +229,9 @@ def _break_sampling_rate(d: Path) -> Path:
         (_break_missing_dat, "missing"),
         (_break_corrupt_header, "cannot read the header"),
         (_break_sampling_rate, "sampling rate 250"),
+        (_break_truncated_dat, "the header and the signal file disagree"),
+        (_break_header_of_another_record, "the header is of record '105', not '102'"),
+        (_break_atr_of_another_record, "belongs to another record"),
     ],
 )
 def test_bad_record_names_the_file_and_writes_nothing(
@@ -222,6 +243,42 @@ def test_bad_record_names_the_file_and_writes_nothing(
     message = capsys.readouterr().err
     assert str(culprit) in message and problem in message
     assert not out.exists()
+
+
+def test_output_path_that_is_a_file_is_one_line(record_dir: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "out"
+    out.write_text("not a directory")
+    assert main(["prepare", "--mitdb", str(record_dir), "--out", str(out)]) == 1
+    message = capsys.readouterr().err
+    assert message.count("\n") == 1 and str(out) in message and "cannot write" in message
+    assert out.read_text() == "not a directory"
+
+
+@pytest.mark.parametrize(
+    ("error", "problem"),
+    [(PermissionError(13, "Permission denied"), "Permission denied"), (OSError(28, "No space left on device"), "No space")],
+    ids=["unwritable", "disk-full"],
+)
+def test_write_failure_is_one_line_and_loses_nothing(
+    record_dir: Path, tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch, error: OSError, problem: str
+) -> None:
+    """A failure while writing (after some files were written) leaves the earlier output exactly as it was."""
+    out = tmp_path / "out"
+    prepare(record_dir, out, PrepareConfig(clients=3))
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    written = []
+
+    def savez_until_the_third(file, **arrays) -> None:
+        if len(written) == 2:
+            raise error
+        written.append(file)
+        np.savez(file, **arrays)
+
+    monkeypatch.setattr("common.data.np.savez", savez_until_the_third)
+    assert main(["prepare", "--mitdb", str(record_dir), "--out", str(out), "--clients", "2", "--seed", "7"]) == 1
+    message = capsys.readouterr().err
+    assert message.count("\n") == 1 and str(out) in message and problem in message
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # no temporary left, nothing replaced
 
 
 def test_missing_directory(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
