@@ -143,7 +143,9 @@ def add_source_flags(parser: argparse.ArgumentParser, required: bool) -> None:
     source = parser.add_mutually_exclusive_group(required=required)
     source.add_argument("--mitdb", type=local_path, metavar="DIR", help="directory of WFDB records (.hea/.dat/.atr)")
     source.add_argument("--download", action="store_true", help="fetch mitdb from PhysioNet into --cache first")
-    parser.add_argument("--cache", type=local_path, default=DEFAULT_CACHE, help=f"download cache (default {DEFAULT_CACHE})")
+    parser.add_argument(
+        "--cache", type=local_path, default=DEFAULT_CACHE, help=f"download cache (default {DEFAULT_CACHE})"
+    )
 
 
 def add_prepare_flags(parser: argparse.ArgumentParser, seed_flag: str) -> None:
@@ -337,12 +339,14 @@ def add_submit(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--ca", type=local_path, required=True, help="the federation's CA certificate (ca.crt)")
     parser.add_argument("--keys", type=local_path, metavar="DIR", help="register every *.pub SuperNode key in DIR")
     parser.add_argument("--test-path", type=remote_path, required=True, help="the test set (test.npz) on the SuperLink")
-    parser.add_argument("--ready-file", type=local_path, help="touch this file once every key is registered (healthcheck)")
-    parser.add_argument("--connect-timeout", type=float, default=600.0, help="seconds to wait for the nodes")
-    parser.add_argument("--home", type=local_path, default=Path.home() / ".flwr", help="flwr CLI home (default ~/.flwr)")
-    add_run_flags(
-        parser, remote_path, "results directory on the SuperLink (default /results/fat or /results/baseline)"
+    parser.add_argument(
+        "--ready-file", type=local_path, help="touch this file once every key is registered (healthcheck)"
     )
+    parser.add_argument("--connect-timeout", type=float, default=600.0, help="seconds to wait for the nodes")
+    parser.add_argument(
+        "--home", type=local_path, default=Path.home() / ".flwr", help="flwr CLI home (default ~/.flwr)"
+    )
+    add_run_flags(parser, remote_path, "results directory on the SuperLink (default /results/fat or /results/baseline)")
     parser.set_defaults(run=run_submit)
 
 
@@ -431,7 +435,9 @@ def add_evaluate(commands: argparse._SubParsersAction) -> None:
         "setting or evaluation batch size: how a result depends on them, without training again.",
     )
     parser.add_argument("--model", type=local_path, required=True, metavar="FILE", help="weights (.pt, a state dict)")
-    parser.add_argument("--test", type=local_path, required=True, metavar="FILE", help="test set, e.g. WORKDIR/data/test.npz")
+    parser.add_argument(
+        "--test", type=local_path, required=True, metavar="FILE", help="test set, e.g. WORKDIR/data/test.npz"
+    )
     parser.add_argument("--max-test-windows", type=int, help="evaluate on at most this many windows, drawn with --seed")
     parser.add_argument("--seed", type=int, default=0, help="seed of the subsample and the attacks (default 0)")
     parser.add_argument("--json", type=local_path, metavar="PATH", help="also write the metrics as JSON")

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 import wfdb
-from wfdb.io._signal import BYTES_PER_SAMPLE
 from sklearn.model_selection import StratifiedKFold, train_test_split
+from wfdb.io._signal import BYTES_PER_SAMPLE
 
 from common.config import (
     AAMI_CLASSES,

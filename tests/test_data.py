@@ -256,7 +256,10 @@ def test_output_path_that_is_a_file_is_one_line(record_dir: Path, tmp_path: Path
 
 @pytest.mark.parametrize(
     ("error", "problem"),
-    [(PermissionError(13, "Permission denied"), "Permission denied"), (OSError(28, "No space left on device"), "No space")],
+    [
+        (PermissionError(13, "Permission denied"), "Permission denied"),
+        (OSError(28, "No space left on device"), "No space"),
+    ],
     ids=["unwritable", "disk-full"],
 )
 def test_write_failure_is_one_line_and_loses_nothing(
