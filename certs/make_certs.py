@@ -1,6 +1,6 @@
 """Make the federation's TLS certificates and SuperNode keys (with `cryptography`).
 
-    python -m certs.make_certs --out DIR [--nodes 10] [--san superlink.example.org --san 10.0.0.5]
+    python -m certs.make_certs --out DIR [--nodes 10] [--san superlink.example.org --san 10.0.0.5] [--public-dir D]
     python -m certs.make_certs --node-key FILE     (a hospital site: its own key pair only)
 
 Writes, where missing (existing files are kept, so a re-run never breaks a deployment):
@@ -158,12 +158,27 @@ def make_node_key(path: Path) -> None:
     _write(path.with_suffix(".pub"), public + f" {path.name}\n".encode(), private=False)
 
 
-def make_all(out: Path, nodes: int, extra_sans: list[str] | tuple[str, ...] = ()) -> None:
+def make_all(
+    out: Path, nodes: int, extra_sans: list[str] | tuple[str, ...] = (), public_dir: Path | None = None
+) -> None:
     out.mkdir(parents=True, exist_ok=True)
     ca, ca_key = make_ca(out)
     make_server_cert(out, ca, ca_key, [*DEFAULT_SANS, *extra_sans])
     for index in range(nodes):
         make_node_key(node_key_path(out, index))
+    if public_dir is not None:
+        publish_node_keys(out, nodes, public_dir)
+
+
+def publish_node_keys(out: Path, nodes: int, public_dir: Path) -> None:
+    """Exactly the public keys of nodes 0..nodes-1 in `public_dir` (what a runner registers), nothing else."""
+    public_dir.mkdir(parents=True, exist_ok=True)
+    wanted = {node_key_path(out, index).with_suffix(".pub").name for index in range(nodes)}
+    for stale in public_dir.glob("node-*.pub"):
+        if stale.name not in wanted:
+            stale.unlink()
+    for name in wanted:
+        _write(public_dir / name, (out / name).read_bytes(), private=False)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -172,6 +187,12 @@ def main(argv: list[str] | None = None) -> int:
     target.add_argument("--out", type=Path, help="directory for the CA, the SuperLink certificate and node keys")
     target.add_argument("--node-key", type=Path, metavar="FILE", help="make one SuperNode key pair: FILE, FILE.pub")
     parser.add_argument("--nodes", type=int, default=10, help="SuperNode key pairs to make (default 10)")
+    parser.add_argument(
+        "--public-dir",
+        type=Path,
+        metavar="DIR",
+        help="also copy the public keys of exactly these --nodes nodes into DIR (and remove any other node key there)",
+    )
     parser.add_argument(
         "--san",
         action="extend",
@@ -188,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
         make_node_key(args.node_key)
         print(f"node key pair {args.node_key} (private, keep it here) and {args.node_key}.pub (send it to the server)")
         return 0
-    make_all(args.out, args.nodes, args.san)
+    make_all(args.out, args.nodes, args.san, args.public_dir)
     print(f"certificates and {args.nodes} node key pairs in {args.out}")
     return 0
 

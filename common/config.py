@@ -123,6 +123,11 @@ class WindowConfig(_Settings):
         return self.before + self.after
 
 
+def _lead(value: object) -> object:
+    """A lead given as text that is a number ("0", from a flag or a compose variable) is a signal index."""
+    return int(value) if isinstance(value, str) and value.isdigit() else value
+
+
 class PrepareConfig(_Settings):
     """How `ecg-fat prepare` turns WFDB records into a test set and client shards."""
 
@@ -134,6 +139,8 @@ class PrepareConfig(_Settings):
     partition: Literal["iid", "patient", "dirichlet"] = "iid"
     alpha: float = Field(0.5, gt=0.0, description="Dirichlet concentration (label skew)")
     seed: int = 42
+
+    _lead_index = field_validator("lead", mode="before")(staticmethod(_lead))
 
 
 class PgdConfig(_Settings):
@@ -245,6 +252,8 @@ class NodeConfig(_Settings):
     data_path: Path = Field(description="a prepared shard (.npz) or a directory of WFDB records")
     lead: int | str = 0
     threads: int = Field(0, ge=0, description="torch threads for local training; 0: torch's default")
+
+    _lead_index = field_validator("lead", mode="before")(staticmethod(_lead))
 
     @field_validator("data_path")
     @classmethod

@@ -415,6 +415,22 @@ def prepare(source: Path, out: Path, cfg: PrepareConfig) -> dict:
     return manifest
 
 
+def up_to_date(out: Path, source: Path | None, cfg: PrepareConfig) -> dict | None:
+    """The manifest of `out` if it was prepared from `source` (None: from any source) with these settings and
+    every file it lists is intact; else None."""
+    try:
+        manifest = json.loads((out / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+    same_source = source is None or manifest.get("source") == str(source.resolve())
+    if not same_source or manifest.get("settings") != cfg.model_dump(mode="json"):
+        return None
+    intact = all(
+        (out / name).is_file() and sha256_of(out / name) == entry["sha256"] for name, entry in manifest["files"].items()
+    )
+    return manifest if intact else None
+
+
 def load_training_set(prepared: Path) -> Beats:
     """Every client shard of a prepared directory, concatenated (the centralised reference)."""
     manifest_path = prepared / MANIFEST

@@ -80,3 +80,10 @@ def format_table(results: dict[str, dict]) -> str:
             f"{100 * m['recall']:>9.2f}{100 * m['f1']:>8.2f}{m['seconds']:>9.1f}"
         )
     return "\n".join(lines)
+
+
+def progress_line(server_round: int, condition: str, m: dict) -> str:
+    return (
+        f"round {server_round:>2} {condition:<5} acc {100 * m['accuracy']:6.2f}  prec {100 * m['precision']:6.2f}"
+        f"  rec {100 * m['recall']:6.2f}  f1 {100 * m['f1']:6.2f}  ({m['seconds']:.1f} s)"
+    )

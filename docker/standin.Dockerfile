@@ -1,5 +1,6 @@
-# CI only: a stand-in for python:3.11-slim-bookworm, built from the local Debian base image that
-# ../shared/tools/docker-engine.sh makes (no registry can be reached there). Users pull the real one.
+# The base image for a host without registry access (docker/offline-setup.sh builds it as
+# ecg-fat-base:offline): Debian's Python 3.11 on a Debian bookworm image the engine already holds.
+# Where images can be pulled, the Dockerfile's default python:3.11-slim-bookworm is used instead.
 ARG LOCAL_BASE=local/bookworm:base
 FROM ${LOCAL_BASE}
 RUN apt-get update \

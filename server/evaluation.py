@@ -8,16 +8,9 @@ from flwr.app import ArrayRecord, MetricRecord
 
 from common.config import EvalConfig
 from common.data import Beats
-from common.metrics import evaluate
+from common.metrics import evaluate, progress_line
 from common.model import EcgCnn, pick_device
 from server.results import Results
-
-
-def progress_line(server_round: int, condition: str, m: dict) -> str:
-    return (
-        f"round {server_round:>2} {condition:<5} acc {100 * m['accuracy']:6.2f}  prec {100 * m['precision']:6.2f}"
-        f"  rec {100 * m['recall']:6.2f}  f1 {100 * m['f1']:6.2f}  ({m['seconds']:.1f} s)"
-    )
 
 
 def make_evaluate_fn(

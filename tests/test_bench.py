@@ -8,7 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from common.bench import (
+from common.config import FederationConfig, TrainConfig
+from common.model import build_model
+from common.train import train
+from ecg_fat.bench import (
     SECTIONS,
     BenchOptions,
     Sizes,
@@ -19,10 +22,7 @@ from common.bench import (
     run_federation,
     target_rows,
 )
-from common.cli import main
-from common.config import FederationConfig, TrainConfig
-from common.model import build_model
-from common.train import train
+from ecg_fat.cli import main
 from tests.conftest import synthetic_beats
 
 TINY = Sizes(
@@ -89,6 +89,6 @@ def test_a_rerun_in_the_same_workdir_starts_from_an_empty_results_directory(tmp_
         seen.append(Path(cfg.results_dir).exists())
         return 0
 
-    monkeypatch.setattr("common.bench.federate", fake_federate)
+    monkeypatch.setattr("ecg_fat.bench.federate", fake_federate)
     run_federation(tmp_path / "data", tmp_path / "federation", FederationConfig(results_dir=str(results)))
     assert seen == [False]

@@ -115,3 +115,14 @@ def test_keys_made_anywhere_in_a_repository_never_show_in_git_status(tmp_path: P
     ).stdout  # fmt: skip
     assert status.splitlines() == ["?? README.md"]
     assert (repo / "deploy" / "certs" / "node-00").is_file() and (existing / "ca.key").is_file()
+
+
+def test_public_dir_holds_exactly_the_expected_nodes_keys(tmp_path: Path) -> None:
+    """What a runner registers: fewer nodes later leaves no stale key to register."""
+    out = tmp_path / "out"
+    assert main(["--out", str(out), "--nodes", "4", "--public-dir", str(out / "public")]) == 0
+    assert sorted(p.name for p in (out / "public").glob("*.pub")) == [f"node-0{i}.pub" for i in range(4)]
+    assert main(["--out", str(out), "--nodes", "2", "--public-dir", str(out / "public")]) == 0
+    assert sorted(p.name for p in (out / "public").glob("*.pub")) == ["node-00.pub", "node-01.pub"]
+    assert (out / "public" / "node-01.pub").read_bytes() == (out / "node-01.pub").read_bytes()
+    assert not any(p.suffix != ".pub" and p.name != ".gitignore" for p in (out / "public").iterdir())

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
 import pytest
 import wfdb
 
-from common.cli import main
 from common.config import PrepareConfig, WindowConfig
 from common.data import (
     MANIFEST,
@@ -26,6 +26,7 @@ from common.data import (
     sha256_of,
     split_train_test,
 )
+from ecg_fat.cli import main
 from tests.conftest import synthetic_beats, write_dataset, write_record
 
 # ----------------------------------------------------------------------------- windows
@@ -179,6 +180,25 @@ def test_prepare_cli_reports_counts(record_dir: Path, tmp_path: Path, capsys: py
     manifest = json.loads((out / MANIFEST).read_text())
     assert manifest["settings"]["partition"] == "patient" and manifest["settings"]["lead"] == "MLII"
     assert f"{manifest['windows_total']} windows" in capsys.readouterr().out
+
+
+def test_prepare_again_with_the_same_settings_does_nothing(record_dir: Path, tmp_path: Path, caplog) -> None:
+    """`docker compose run` restarts the prepare step: data that is there already is not read or written again."""
+    out = tmp_path / "out"
+    args = ["prepare", "--mitdb", str(record_dir), "--out", str(out), "--clients", "2"]
+    assert main(args) == 0
+    stamps = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    caplog.set_level(logging.INFO)
+    assert main(args) == 0
+    assert "nothing to do" in caplog.text
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == stamps
+    save_beats(out / "client_01.npz", load_beats(out / "client_00.npz"))  # a damaged file: prepared again
+    assert main(args) == 0
+    assert (
+        sha256_of(out / "client_01.npz") == json.loads((out / MANIFEST).read_text())["files"]["client_01.npz"]["sha256"]
+    )
+    assert main([*args, "--seed", "3"]) == 0  # other settings: prepared again
+    assert json.loads((out / MANIFEST).read_text())["settings"]["seed"] == 3
 
 
 # ----------------------------------------------------------------------------- bad input

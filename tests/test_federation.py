@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import subprocess
 import time
 from collections.abc import Iterator
@@ -18,12 +19,13 @@ import pytest
 import torch
 
 from certs.make_certs import make_all, node_key_path
-from common.cli import main
 from common.config import CONDITIONS, FederationConfig, PrepareConfig
 from common.data import TEST_FILE, Beats, client_file, load_beats, prepare, save_beats
-from common.launcher import LocalFederation, descendants
 from common.metrics import evaluate
 from common.model import EcgCnn
+from ecg_fat.cli import main
+from ecg_fat.launcher import LocalFederation, descendants
+from ecg_fat.supernode import NOT_REGISTERED
 from server.results import Results
 from tests.conftest import write_dataset
 
@@ -88,15 +90,18 @@ def running_clientapp(fed: LocalFederation, name: str) -> bool:
 # ----------------------------------------------------------------------------- end to end
 
 
-def test_federate_command_end_to_end(shards: Path, tmp_path: Path) -> None:
+def test_federate_command_end_to_end(
+    shards: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """As a user runs it: from a directory of their own, with relative paths and the default --workdir
+    (Flower's CLI runs in another directory: every path must be made absolute at the edge)."""
+    monkeypatch.chdir(tmp_path)
     results = tmp_path / "results"
     code = main(
         [
             "federate",
             "--data",
-            str(shards),
-            "--workdir",
-            str(tmp_path / "work"),
+            os.path.relpath(shards, tmp_path),
             "--nodes",
             "3",
             "--rounds",
@@ -114,7 +119,7 @@ def test_federate_command_end_to_end(shards: Path, tmp_path: Path) -> None:
             "--bim-steps",
             "2",
             "--results",
-            str(results),
+            "results",
         ]
     )
     assert code == 0
@@ -135,7 +140,8 @@ def test_federate_command_end_to_end(shards: Path, tmp_path: Path) -> None:
     cfg = FederationConfig.from_run_config(run_config(shards, results)).evaluate
     clean = evaluate(model, load_beats(shards / TEST_FILE), cfg, torch.device("cpu"))["clean"]
     assert 0.0 <= clean["accuracy"] <= 1.0
-    leftovers = subprocess.run(["pgrep", "-f", str(tmp_path / "work")], capture_output=True, text=True).stdout
+    assert (tmp_path / ".ecg-fat" / "certs" / "ca.crt").is_file()  # the default workdir, in the current directory
+    leftovers = subprocess.run(["pgrep", "-f", str(tmp_path / ".ecg-fat")], capture_output=True, text=True).stdout
     assert leftovers == ""  # every process it started is gone
 
 
@@ -173,7 +179,9 @@ def test_refused_nodes_dropout_and_rejoin(shards: Path, tmp_path: Path, federati
 
     for intruder in ("no-tls", "wrong-ca", "unregistered"):
         assert fed.processes[intruder].wait(60) != 0, f"{intruder} was not refused:\n{fed.log_tail(intruder)}"
-    assert "Failed to activate SuperNode" in fed.log_tail("unregistered", 200)
+    refused = fed.log_tail("unregistered", 200)
+    assert "key is not registered at the server yet" in refused and NOT_REGISTERED in refused, refused
+    assert "could not establish a connection" not in refused  # Flower's words send IT to the network
     for intruder in ("no-tls", "wrong-ca", "unregistered"):
         fed.stop(intruder)
     assert metric_rounds(results) == [(r, c) for r in range(4) for c in CONDITIONS]

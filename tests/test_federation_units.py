@@ -17,8 +17,8 @@ from flwr.supercore.task_identity import TaskIdentity
 from client.app import train_round
 from common.config import ConfigError, FederationConfig, NodeConfig
 from common.data import DataError, save_beats
-from common.launcher import ControlClient
 from common.model import EcgCnn, build_model
+from ecg_fat.launcher import ControlClient
 from server.results import Results, ResultsError
 from tests.conftest import synthetic_beats, write_dataset
 

@@ -10,12 +10,12 @@ import pytest
 import torch
 
 from common.attacks import build_attacks, perturb
-from common.cli import main
 from common.config import AttackSuite, EvalConfig, PgdConfig, PrepareConfig, TrainConfig
 from common.data import Beats, prepare, save_beats
 from common.metrics import classification_metrics, evaluate
 from common.model import EcgCnn, PairMaxPool, build_model
 from common.train import train
+from ecg_fat.cli import main
 from tests.conftest import synthetic_beats
 
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from common.cli import main
 from common.config import CONDITIONS, FederationConfig
+from ecg_fat.cli import main
 from server.results import Results
 
 

@@ -17,11 +17,10 @@ from pathlib import Path
 
 from certs.make_certs import make_all, node_key_path
 from common.config import FederationConfig, PrepareConfig
-from common.data import MANIFEST, TEST_FILE, prepare, sha256_of
-from common.launcher import ControlClient, LauncherError, LocalFederation
-from common.metrics import format_table
-from server.evaluation import progress_line
-from server.report import write_report
+from common.data import MANIFEST, TEST_FILE, prepare, up_to_date
+from common.metrics import format_table, progress_line
+from ecg_fat.launcher import ControlClient, LauncherError, LocalFederation
+from ecg_fat.report import write_report
 from server.results import FINAL_MODEL, Results
 
 log = logging.getLogger("ecg_fat")
@@ -37,22 +36,17 @@ class FederateOptions:
 
 
 def ensure_prepared(options: FederateOptions, cfg: PrepareConfig) -> dict:
-    """Reuse `options.data` when its manifest has these settings and its files are intact; else prepare."""
-    manifest_path = options.data / MANIFEST
-    if manifest_path.exists():
-        manifest = json.loads(manifest_path.read_text())
-        same_source = options.source is None or manifest["source"] == str(options.source.resolve())
-        intact = all(
-            (options.data / name).exists() and sha256_of(options.data / name) == entry["sha256"]
-            for name, entry in manifest["files"].items()
-        )
-        if same_source and intact and manifest["settings"] == cfg.model_dump(mode="json"):
-            log.info("using the prepared data in %s", options.data)
-            return manifest
-        if options.source is None:
-            raise LauncherError(f"{options.data} was prepared with other settings; pass --mitdb to prepare again")
+    """Reuse `options.data` when it holds data prepared with these settings, intact; else prepare it."""
+    manifest = up_to_date(options.data, options.source, cfg)
+    if manifest is not None:
+        log.info("using the prepared data in %s", options.data)
+        return manifest
     if options.source is None:
-        raise LauncherError(f"{manifest_path} is missing: pass --mitdb DIR (or --download) to prepare the data")
+        if (options.data / MANIFEST).exists():
+            raise LauncherError(f"{options.data} was prepared with other settings; pass --mitdb to prepare again")
+        raise LauncherError(
+            f"{options.data / MANIFEST} is missing: pass --mitdb DIR (or --download) to prepare the data"
+        )
     log.info("preparing %d client shards from %s into %s", cfg.clients, options.source, options.data)
     return prepare(options.source, options.data, cfg)
 

@@ -15,16 +15,25 @@ import torch
 from pydantic import BaseModel, ValidationError
 from torch import nn
 
-from common.bench import FULL, QUICK, SECTIONS, BenchOptions, bench, format_report
 from common.config import CONDITIONS, EvalConfig, FederationConfig, PrepareConfig, TrainConfig
-from common.data import TEST_FILE, Beats, DataError, download_mitdb, load_beats, load_training_set, prepare
-from common.federate import FederateOptions, default_threads, federate, submit
-from common.launcher import ControlClient, LauncherError
+from common.data import (
+    TEST_FILE,
+    Beats,
+    DataError,
+    download_mitdb,
+    load_beats,
+    load_training_set,
+    prepare,
+    up_to_date,
+)
 from common.metrics import evaluate, format_table
 from common.model import EcgCnn, build_model, pick_device
 from common.runtime import tune_allocator
 from common.train import EpochStats, train
-from server.report import ReportError, write_report
+from ecg_fat.bench import FULL, QUICK, SECTIONS, BenchOptions, bench, format_report
+from ecg_fat.federate import FederateOptions, default_threads, federate, submit
+from ecg_fat.launcher import ControlClient, LauncherError
+from ecg_fat.report import ReportError, write_report
 from server.results import ResultsError
 
 log = logging.getLogger("ecg_fat")
@@ -167,9 +176,8 @@ def add_prepare_flags(parser: argparse.ArgumentParser, seed_flag: str) -> None:
 
 
 def prepare_config(args: argparse.Namespace, clients: int | None, clients_flag: str, seed_flag: str) -> PrepareConfig:
-    lead = int(args.lead) if args.lead is not None and args.lead.isdigit() else args.lead
     values = {
-        "lead": lead,
+        "lead": args.lead,
         "split": args.split,
         "test_fraction": args.test_fraction,
         "clients": clients,
@@ -201,7 +209,11 @@ def add_prepare(commands: argparse._SubParsersAction) -> None:
 
 def run_prepare(args: argparse.Namespace) -> int:
     cfg = prepare_config(args, args.clients, "--clients", "--seed")
-    manifest = prepare(source_dir(args), args.out, cfg)
+    manifest = up_to_date(args.out, args.cache if args.download else args.mitdb, cfg)
+    if manifest is None:
+        manifest = prepare(source_dir(args), args.out, cfg)
+    else:
+        log.info("%s holds this data already (same records, settings and intact files): nothing to do", args.out)
     print(
         f"{manifest['windows_total']} windows {manifest['class_counts']}: "
         f"{manifest['train_windows']} in {len(manifest['client_files'])} shards, "

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import tomli_w
 
+from ecg_fat.superlink import IN_MEMORY_STATE
+
 APP_DIR = Path(__file__).resolve().parents[1]  # the Flower App: pyproject.toml with [tool.flwr.app]
 CONNECTION = "ecg-fat-local"
 FLOWER_ENV = {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1", "PYTHONUNBUFFERED": "1"}
@@ -64,9 +66,6 @@ def _signal_all(pids: list[int], sig: signal.Signals) -> None:
     for pid in pids:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, sig)
-
-
-IN_MEMORY_STATE = ":flwr-in-memory:"  # flwr.supercore.constant.FLWR_IN_MEMORY_DB_NAME
 
 
 def _bin(name: str) -> str:
@@ -259,15 +258,9 @@ class LocalFederation:
         and replies were lost ("database is locked").
         """
         self.spawn("superlink", [
-            _bin("flower-superlink"),
-            "--ssl-ca-certfile", str(self.certs / "ca.crt"),
-            "--ssl-certfile", str(self.certs / "server.pem"),
-            "--ssl-keyfile", str(self.certs / "server.key"),
-            "--host", "127.0.0.1", "--port", str(self.control_port),
-            "--fleet-api-type", "grpc-rere", "--fleet-api-address", f"127.0.0.1:{self.fleet_port}",
-            "--enable-supernode-auth",
+            _bin("ecg-fat-superlink"), "--certs", str(self.certs),
+            "--fleet-address", f"127.0.0.1:{self.fleet_port}", "--host", "127.0.0.1", "--port", str(self.control_port),
             "--database", IN_MEMORY_STATE,
-            "--disable-runtime-dependency-installation",
         ])  # fmt: skip
         deadline = time.monotonic() + timeout
         while not self.control.healthy():
@@ -281,7 +274,7 @@ class LocalFederation:
         """flower-supernode for this SuperLink, without its trust settings."""
         node_config = f'data-path="{data_path.resolve()}" threads={threads}'
         return [
-            _bin("flower-supernode"), "--superlink", f"127.0.0.1:{self.fleet_port}", "--port", str(free_port()),
+            _bin("ecg-fat-supernode"), "--superlink", f"127.0.0.1:{self.fleet_port}", "--port", str(free_port()),
             "--node-config", node_config, "--max-retries", "10", "--max-wait-time", str(max_wait),
         ]  # fmt: skip
 

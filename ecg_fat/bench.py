@@ -41,12 +41,12 @@ from torch import nn
 from common.attacks import perturb, pgd
 from common.config import EvalConfig, FederationConfig, PgdConfig, PrepareConfig, TrainConfig
 from common.data import MANIFEST, TEST_FILE, Beats, load_beats, prepare
-from common.federate import FederateOptions, default_threads, federate
-from common.launcher import LocalFederation, descendants
 from common.metrics import evaluate
 from common.model import EcgCnn, build_model
 from common.runtime import tune_allocator
 from common.train import seed_everything, to_tensors, train
+from ecg_fat.federate import FederateOptions, default_threads, federate
+from ecg_fat.launcher import LocalFederation, descendants
 from server.results import Results
 
 log = logging.getLogger("ecg_fat")
@@ -136,7 +136,7 @@ def run_worker(task: str, params: dict, tuned: bool, threads: int) -> dict:
     env = {k: v for k, v in os.environ.items() if k != GLIBC_TUNABLES}
     params = {**params, "tuned": tuned, "threads": threads}
     done = subprocess.run(
-        [sys.executable, "-m", "common.bench", task, json.dumps(params)],
+        [sys.executable, "-m", "ecg_fat.bench", task, json.dumps(params)],
         env=env, capture_output=True, text=True, check=False,
     )  # fmt: skip
     if done.returncode != 0:
@@ -518,7 +518,7 @@ def format_report(report: dict) -> str:
     return "\n".join(lines)
 
 
-if __name__ == "__main__":  # a worker: `python -m common.bench TASK JSON`
+if __name__ == "__main__":  # a worker: `python -m ecg_fat.bench TASK JSON`
     task_params = json.loads(sys.argv[2])
     if task_params["tuned"]:
         tune_allocator()
