@@ -21,6 +21,11 @@ from common.train import train
 app = ClientApp()
 
 
+def local_seed(seed: int, server_round: int, node_id: int) -> int:
+    """A different, reproducible seed for every round and node."""
+    return seed + 1_000 * server_round + node_id % 1_000
+
+
 def load_local_data(node: NodeConfig) -> Beats:
     if node.data_path.is_dir():
         return read_records(node.data_path, lead=node.lead)
@@ -35,8 +40,7 @@ def train_round(msg: Message, context: Context) -> Message:
     if node.threads:
         torch.set_num_threads(node.threads)
     server_round = int(msg.content["config"]["server-round"])
-    # A different, reproducible seed for every round and node.
-    seed = cfg.train.seed + 1_000 * server_round + context.node_id % 1_000
+    seed = local_seed(cfg.train.seed, server_round, context.node_id)
     beats = load_local_data(node).subsample(cfg.max_train_windows or None, seed)
 
     model = EcgCnn()

@@ -56,7 +56,7 @@ def frozen(model: nn.Module) -> Iterator[nn.Module]:
             p.requires_grad_(flag)
 
 
-def perturb(attack: torchattacks.Attack, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Adversarial examples for (x, y), with the model frozen and gradients enabled."""
-    with torch.enable_grad(), frozen(model):
+def perturb(attack: torchattacks.Attack, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Adversarial examples for (x, y), with the attacked model frozen and gradients enabled."""
+    with torch.enable_grad(), frozen(attack.model):
         return attack(x, y).detach()

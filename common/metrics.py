@@ -59,7 +59,7 @@ def evaluate(
         else:
             y_pred = torch.cat(
                 [
-                    predict(model, perturb(attacks[condition], model, xb, yb), cfg.batch_size)
+                    predict(model, perturb(attacks[condition], xb, yb), cfg.batch_size)
                     for xb, yb in zip(x.split(cfg.batch_size), y.split(cfg.batch_size), strict=True)
                 ]
             )

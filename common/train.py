@@ -56,7 +56,7 @@ def train(
         for batch in torch.randperm(len(y), device=device).split(cfg.batch_size):
             xb, yb = x[batch], y[batch]
             if attack is not None:
-                xb = torch.cat([xb, perturb(attack, model, xb, yb)])
+                xb = torch.cat([xb, perturb(attack, xb, yb)])
                 yb = torch.cat([yb, yb])
             model.train()
             optimizer.zero_grad(set_to_none=True)

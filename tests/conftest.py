@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import wfdb
+from flwr.supercore.task_identity import TaskIdentity
 
 from common.config import PrepareConfig
 from common.data import Beats
@@ -82,3 +83,11 @@ def mitdb() -> Path:
     if not path or not Path(path, "100.hea").is_file():
         pytest.skip(f"real MIT-BIH records not available: set {MITDB_ENV} to a directory holding them")
     return Path(path)
+
+
+@pytest.fixture
+def task_identity():
+    """What Flower sets in a ClientApp process before it calls the app."""
+    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 7
+    yield
+    TaskIdentity._task_id = TaskIdentity._run_id = TaskIdentity._node_id = None

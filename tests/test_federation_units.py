@@ -12,7 +12,6 @@ import pytest
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.common.config import flatten_dict
-from flwr.supercore.task_identity import TaskIdentity
 
 from client.app import train_round
 from common.config import ConfigError, FederationConfig, NodeConfig
@@ -49,14 +48,6 @@ def test_run_config_round_trips_and_bad_values_name_the_key() -> None:
         FederationConfig.from_run_config({"num-nodes": 3, "nodes-per-round": 4})
     with pytest.raises(ConfigError, match="node config key 'data-path'"):
         NodeConfig.from_node_config({"data-path": "/nowhere/shard.npz"})
-
-
-@pytest.fixture
-def task_identity():
-    """What Flower sets in a ClientApp process before it calls the app."""
-    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 7
-    yield
-    TaskIdentity._task_id = TaskIdentity._run_id = TaskIdentity._node_id = None
 
 
 def _train_message(server_round: int = 1) -> Message:

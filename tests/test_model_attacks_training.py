@@ -11,7 +11,7 @@ import torch
 
 from common.attacks import build_attacks, perturb
 from common.config import AttackSuite, EvalConfig, PgdConfig, PrepareConfig, TrainConfig
-from common.data import Beats, prepare, save_beats
+from common.data import Beats, load_beats, prepare, save_beats
 from common.metrics import classification_metrics, evaluate
 from common.model import EcgCnn, PairMaxPool, build_model
 from common.train import train
@@ -45,7 +45,7 @@ def test_model_with_pair_max_pool_attacks_exactly_like_the_library_pool() -> Non
     for pool in (PairMaxPool, lambda: torch.nn.MaxPool1d(2)):
         model = build_model(0, pool=pool)
         torch.manual_seed(1)
-        adversarial.append(perturb(build_attacks(model, AttackSuite())["pgd"], model, x, y))
+        adversarial.append(perturb(build_attacks(model, AttackSuite())["pgd"], x, y))
     assert torch.equal(*adversarial)
 
 
@@ -66,7 +66,7 @@ def test_attacks_stay_in_bounds_and_leave_no_parameter_gradients(name: str) -> N
     x = torch.rand(16, 1, 180)
     y = torch.randint(0, 5, (16,))
     suite = AttackSuite(cw={"steps": 5})
-    adv = perturb(build_attacks(model, suite)[name], model, x, y)
+    adv = perturb(build_attacks(model, suite)[name], x, y)
     assert adv.shape == x.shape and adv.min() >= 0.0 and adv.max() <= 1.0
     if name != "cw":  # CW is an L2 attack without an eps ball
         eps = getattr(suite, name).eps
@@ -79,7 +79,7 @@ def test_pgd_raises_the_loss() -> None:
     torch.manual_seed(0)
     model = EcgCnn().eval()
     x, y = torch.rand(32, 1, 180), torch.randint(0, 5, (32,))
-    adv = perturb(build_attacks(model, AttackSuite())["pgd"], model, x, y)
+    adv = perturb(build_attacks(model, AttackSuite())["pgd"], x, y)
     loss = torch.nn.functional.cross_entropy
     with torch.no_grad():
         assert loss(model(adv), y) > loss(model(x), y)
@@ -169,8 +169,14 @@ def test_train_local_cli_end_to_end(record_dir: Path, tmp_path: Path, capsys: py
     )
     assert code == 0
     table = capsys.readouterr().out
-    assert all(condition in table for condition in ("clean", "pgd", "fgsm", "cw", "bim"))
-    EcgCnn().load_state_dict(torch.load(tmp_path / "m.pt"))
+    saved = EcgCnn()
+    saved.load_state_dict(torch.load(tmp_path / "m.pt"))
+    test = load_beats(tmp_path / "p" / "test.npz")
+    clean = evaluate(saved, test, EvalConfig(conditions=("clean",)), torch.device("cpu"))["clean"]
+    rows = {line.split()[0]: line.split()[1:5] for line in table.splitlines()[1:]}
+    assert list(rows) == ["clean", "pgd", "fgsm", "cw", "bim"]
+    # the table shows the saved model's own scores: accuracy, precision, recall, F1 in percent
+    assert rows["clean"] == [f"{100 * clean[k]:.2f}" for k in ("accuracy", "precision", "recall", "f1")]
 
 
 def test_train_local_bad_flag(record_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -188,8 +194,9 @@ def test_evaluate_cli_scores_saved_weights(tmp_path: Path, capsys: pytest.Captur
     args = ["evaluate", "--model", str(tmp_path / "m.pt"), "--test", str(tmp_path / "test.npz")]
     code = main([*args, "--conditions", "clean", "fgsm", "--eval-batch-size", "16", "--json", str(tmp_path / "e.json")])
     assert code == 0
-    assert "fgsm" in capsys.readouterr().out
+    printed = {line.split()[0]: line.split()[1] for line in capsys.readouterr().out.splitlines()[1:]}
     saved = json.loads((tmp_path / "e.json").read_text())
+    assert printed == {c: f"{100 * saved['results'][c]['accuracy']:.2f}" for c in ("clean", "fgsm")}
     assert list(saved["results"]) == ["clean", "fgsm"]
     assert saved["config"]["batch-size"] == 16
     with torch.no_grad():

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -64,8 +63,14 @@ def test_report_refuses_a_directory_without_metrics(tmp_path: Path, capsys: pyte
     assert "empty: no metrics.jsonl" in capsys.readouterr().err
 
 
-def test_config_marks_the_baseline(runs: list[Path]) -> None:
-    assert json.loads((runs[1] / "config.json").read_text())["train"]["adversarial"] is False
+def test_each_run_is_labelled_by_its_config_not_its_name(tmp_path: Path) -> None:
+    """A clean baseline in a directory named like FAT is still the baseline of the tables and the summary."""
+    base = fake_run(tmp_path / "fat-looking", False, {"clean": 0.985, "pgd": 0.3, "fgsm": 0.7, "cw": 0.07, "bim": 0.3})
+    fat = fake_run(tmp_path / "run-2", True, {"clean": 0.97, "pgd": 0.9, "fgsm": 0.92, "cw": 0.5, "bim": 0.91})
+    assert main(["report", str(base), str(fat), "--out", str(tmp_path / "rep")]) == 0
+    text = (tmp_path / "rep" / "report.md").read_text()
+    assert "| fat-looking (non-FAT, round 3) | 98.50 |" in text and "| run-2 (FAT, round 3) | 97.00 |" in text
+    assert "Clean-accuracy cost of FAT: +1.50 points (98.50 -> 97.00)" in text
 
 
 def test_report_keeps_a_discussion_and_names_runs_relative_to_itself(runs: list[Path], tmp_path: Path) -> None:

@@ -1,0 +1,268 @@
+"""Tests that pin results, not shapes: each fails on the kind of bug that gives a plausible but wrong table.
+
+Golden logits of the model, attacked predictions recomputed independently, the ClientApp's reply recomputed
+from the weights it was sent, the strategy's sampling and weighted mean, resume through the evaluation
+function, the AAMI mapping of every symbol, shards that mix patients.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+
+from client.app import local_seed, train_round
+from common.attacks import build_attacks, perturb
+from common.config import CONDITIONS, AttackSuite, EvalConfig, FederationConfig, PrepareConfig, TrainConfig
+from common.data import Beats, load_beats, partition, prepare, read_record, save_beats
+from common.metrics import evaluate, predict
+from common.model import EcgCnn, build_model
+from common.train import train
+from ecg_fat.bench import write_synthetic_records
+from server.evaluation import make_evaluate_fn
+from server.results import Results
+from server.strategy import RecordingFedAvg
+from tests.conftest import write_record
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def learnable(tmp_path_factory: pytest.TempPathFactory) -> tuple[Beats, Beats]:
+    """Windows whose class shows in their shape (a model learns them in a few epochs), training and test."""
+    records = write_synthetic_records(tmp_path_factory.mktemp("records"), records=4, beats=300)
+    out = tmp_path_factory.mktemp("prepared")
+    prepare(records, out, PrepareConfig(clients=2))
+    return Beats.concat([load_beats(out / "client_00.npz"), load_beats(out / "client_01.npz")]), load_beats(
+        out / "test.npz"
+    )
+
+
+@pytest.fixture(scope="module")
+def trained(learnable: tuple[Beats, Beats]) -> EcgCnn:
+    model = build_model(0)
+    train(model, learnable[0], TrainConfig(epochs=5, lr=3e-3, batch_size=32, adversarial=False), CPU)
+    return model
+
+
+# Attacks strong enough to move these easy windows (at the paper's 8/255 they barely do): the check is that
+# an attacked condition is scored on attacked inputs, not the paper's numbers.
+STRONG = AttackSuite(
+    pgd={"eps": 0.2, "alpha": 0.05, "steps": 5},
+    fgsm={"eps": 0.2},
+    bim={"eps": 0.2, "alpha": 0.05, "steps": 5},
+    cw={"c": 10.0, "steps": 10, "lr": 0.1},
+)
+
+
+# ----------------------------------------------------------------------------- the model
+
+
+def test_model_gives_its_golden_logits() -> None:
+    """Seeded weights on a fixed input: any change of layer, order, activation or pooling changes these."""
+    x = torch.linspace(0, 1, 2 * 180).reshape(2, 1, 180) ** 2
+    x[1] = x[1].flip(-1)
+    with torch.no_grad():
+        logits = build_model(0).eval()(x)
+    golden = torch.tensor(
+        [
+            [0.018108077347278595, 0.1421619951725006, -0.05396348610520363, 0.10843579471111298, -0.11752627789974213],
+            [0.01721429079771042, 0.14204448461532593, -0.05595295503735542, 0.10891357064247131, -0.11817622929811478],
+        ]
+    )
+    torch.testing.assert_close(logits, golden, rtol=0, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+def test_a_briefly_trained_model_beats_the_majority_class(learnable: tuple[Beats, Beats], trained: EcgCnn) -> None:
+    test = learnable[1]
+    majority = np.bincount(test.y).max() / len(test)
+    clean = evaluate(trained, test, EvalConfig(conditions=("clean",)), CPU)["clean"]["accuracy"]
+    assert clean > majority + 0.1, (clean, majority)  # else every check below compares constants
+
+
+@pytest.mark.parametrize("condition", [c for c in CONDITIONS if c != "clean"])
+def test_attacked_predictions_are_the_attack_then_the_model(
+    learnable: tuple[Beats, Beats], trained: EcgCnn, condition: str
+) -> None:
+    test = learnable[1].subsample(64, 0)
+    cfg = EvalConfig(conditions=("clean", condition), batch_size=32, attacks=STRONG)
+    results = evaluate(trained, test, cfg, CPU)
+    torch.manual_seed(cfg.seed)  # as evaluate() seeds every condition
+    attack = build_attacks(trained, cfg.attacks)[condition]
+    x, y = torch.from_numpy(test.x), torch.from_numpy(test.y)
+    attacked = torch.cat(
+        [predict(trained, perturb(attack, xb, yb), 32) for xb, yb in zip(x.split(32), y.split(32), strict=True)]
+    )
+    expected = (attacked.numpy() == test.y).mean()
+    assert results[condition]["accuracy"] == pytest.approx(expected)
+    assert results[condition]["accuracy"] < results["clean"]["accuracy"] - 0.2, results
+
+
+# ----------------------------------------------------------------------------- the ClientApp
+
+
+def _message(state: dict[str, torch.Tensor], server_round: int) -> Message:
+    content = RecordDict({"arrays": ArrayRecord(state), "config": ConfigRecord({"server-round": server_round})})
+    return Message(content, dst_node_id=7, message_type="train")
+
+
+@pytest.mark.parametrize("adversarial", [True, False])
+def test_client_reply_is_train_from_the_weights_it_was_sent(
+    tmp_path: Path, task_identity, learnable: tuple[Beats, Beats], adversarial: bool
+) -> None:
+    shard = learnable[0].subsample(80, 1)
+    save_beats(tmp_path / "shard.npz", shard)
+    sent = build_model(3).state_dict()  # not the weights a fresh model would start from
+    cfg = FederationConfig(train={"epochs": 1, "adversarial": adversarial, "pgd": {"steps": 2}})
+    context = Context(
+        run_id=1, node_id=7, node_config={"data-path": str(tmp_path / "shard.npz")}, state=RecordDict(),
+        run_config=cfg.to_run_config(),
+    )  # fmt: skip
+    reply = train_round(_message(sent, server_round=2), context)
+
+    seed = local_seed(cfg.train.seed, server_round=2, node_id=7)
+    expected = EcgCnn()
+    expected.load_state_dict(sent)
+    train(expected, shard, cfg.train.model_copy(update={"seed": seed}), CPU)
+    got = reply.content["arrays"].to_torch_state_dict()
+    for name, tensor in expected.state_dict().items():
+        torch.testing.assert_close(got[name], tensor, rtol=0, atol=0, msg=name)
+    assert reply.content["metrics"]["num-examples"] == len(shard)
+
+    other = EcgCnn()  # the other mode gives other weights: the run config's mode is the one used
+    other.load_state_dict(sent)
+    train(other, shard, cfg.train.model_copy(update={"seed": seed, "adversarial": not adversarial}), CPU)
+    assert not torch.equal(other.state_dict()["classifier.5.bias"], got["classifier.5.bias"])
+
+
+def test_local_seeds_differ_by_round_and_node() -> None:
+    seeds = {local_seed(0, r, n) for r in (1, 2, 3) for n in (11, 12)}
+    assert len(seeds) == 6 and local_seed(5, 1, 11) != local_seed(0, 1, 11)
+
+
+# ----------------------------------------------------------------------------- the strategy
+
+
+class FakeGrid:
+    def __init__(self, nodes: list[int]) -> None:
+        self.nodes = nodes
+
+    def get_node_ids(self) -> list[int]:
+        return self.nodes
+
+
+def test_strategy_samples_nodes_per_round_and_averages_by_examples(tmp_path: Path, task_identity) -> None:
+    cfg = FederationConfig(num_nodes=10, nodes_per_round=5)
+    results = Results(tmp_path)
+    results.start(cfg)
+    strategy = RecordingFedAvg(cfg, results)
+    zeros = {k: torch.zeros_like(v) for k, v in EcgCnn().state_dict().items()}
+    grid = FakeGrid(list(range(100, 110)))
+    random.seed(0)
+    samples = [
+        [m.metadata.dst_node_id for m in strategy.configure_train(r, ArrayRecord(zeros), ConfigRecord({}), grid)]
+        for r in (1, 2, 3)
+    ]
+    for sample in samples:
+        assert len(sample) == 5 == len(set(sample)) and set(sample) <= set(grid.nodes)
+    assert len({tuple(sorted(s)) for s in samples}) > 1  # sampled, not the same five every round
+
+    messages = list(strategy.configure_train(4, ArrayRecord(zeros), ConfigRecord({}), grid))
+    assert all(m.content["config"]["server-round"] == 4 for m in messages)
+    replies = [
+        Message(
+            RecordDict(
+                {
+                    "arrays": ArrayRecord({k: torch.full_like(v, float(i)) for k, v in zeros.items()}),
+                    "metrics": MetricRecord(
+                        {"num-examples": 10 * (i + 1), "train-loss": 0.5, "train-accuracy": 0.5, "train-seconds": 1.0}
+                    ),
+                }
+            ),
+            reply_to=m,
+        )
+        for i, m in enumerate(messages)
+    ]
+    arrays, _ = strategy.aggregate_train(4, replies)
+    weighted = sum(i * 10 * (i + 1) for i in range(5)) / sum(10 * (i + 1) for i in range(5))
+    for tensor in arrays.to_torch_state_dict().values():
+        torch.testing.assert_close(tensor, torch.full_like(tensor, weighted))
+    rows = results.read_jsonl("clients")
+    assert [(r["round"], r["node_id"], r["num-examples"]) for r in rows] == [
+        (4, m.metadata.dst_node_id, 10 * (i + 1)) for i, m in enumerate(messages)
+    ]
+
+
+def test_resumed_round_numbers_shift_through_the_evaluation_function(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    test = Beats(rng.random((20, 1, 180), dtype=np.float32), rng.integers(0, 5, 20), np.full(20, "r"))
+    results = Results(tmp_path)
+    results.start(FederationConfig())
+    cfg = EvalConfig(conditions=("clean",))
+    evaluate_round = make_evaluate_fn(test, cfg, results, round_offset=3, resumed=True)
+    state = build_model(1).state_dict()
+    assert evaluate_round(0, ArrayRecord(state)) is None  # the checkpoint the earlier run evaluated already
+    assert results.read_jsonl("metrics") == [] and results.last_complete_round() is None
+    record = evaluate_round(1, ArrayRecord(state))
+    assert [(r["round"], r["condition"]) for r in results.read_jsonl("metrics")] == [(4, "clean")]
+    assert results.last_complete_round() == 4
+    assert torch.equal(results.load_checkpoint(4)["classifier.5.bias"], state["classifier.5.bias"])
+    model = EcgCnn()
+    model.load_state_dict(state)
+    assert record["clean-accuracy"] == evaluate(model, test, cfg, CPU)["clean"]["accuracy"]
+
+    fresh = Results(tmp_path / "fresh")
+    fresh.start(FederationConfig())
+    make_evaluate_fn(test, cfg, fresh, round_offset=0, resumed=False)(0, ArrayRecord(state))
+    assert [r["round"] for r in fresh.read_jsonl("metrics")] == [0]  # a new run evaluates its initial weights
+
+
+# ----------------------------------------------------------------------------- data
+
+
+# Table 1 of the paper, written out here rather than read from common.config.
+TABLE_1 = {
+    "N": 0, "L": 0, "R": 0, "j": 0, "e": 0,
+    "a": 1, "S": 1, "A": 1, "J": 1,
+    "E": 2, "V": 2,
+    "F": 3,
+    "/": 4, "Q": 4, "f": 4,
+}  # fmt: skip
+
+
+def test_every_mit_bih_symbol_maps_to_its_aami_class(tmp_path: Path) -> None:
+    others = ["+", "~", "|", "x", "!", '"', "[", "]"]  # rhythm changes, noise, comments, non-beats: skipped
+    symbols = [*TABLE_1, *others]
+    samples = 200 + 200 * np.arange(len(symbols))
+    write_record(tmp_path, "300", samples, symbols, length=int(samples[-1]) + 300)
+    beats = read_record(tmp_path / "300", 0, PrepareConfig().window)
+    assert beats.y.tolist() == list(TABLE_1.values())
+
+
+def test_iid_shards_mix_patients() -> None:
+    """Windows come ordered by record, as the records are read: IID shards must each draw from nearly all."""
+    records, per_record = 24, 40
+    y = np.tile(np.array([0] * 30 + [1] * 4 + [2] * 4 + [3, 4]), records)
+    beats = Beats(
+        np.zeros((len(y), 1, 180), np.float32), y, np.repeat([f"r{i:02d}" for i in range(records)], per_record)
+    )
+    for shard in partition(beats, PrepareConfig(clients=4)):
+        assert len(set(beats.record[shard])) >= 0.9 * records
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_a_shard_with_a_non_finite_window_is_refused(tmp_path: Path, bad: float) -> None:
+    from common.data import DataError
+
+    x = np.zeros((4, 1, 180), np.float32)
+    x[2, 0, 17] = bad
+    np.savez(tmp_path / "shard.npz", x=x, y=np.zeros(4, np.int64))
+    with pytest.raises(DataError, match="NaN or infinite"):
+        load_beats(tmp_path / "shard.npz")
