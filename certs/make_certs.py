@@ -8,8 +8,9 @@ Writes, where missing (existing files are kept, so a re-run never breaks a deplo
   DIR/server.pem, DIR/server.key    the SuperLink certificate (serverAuth) with SANs superlink, localhost,
                                     127.0.0.1, ::1 and every --san; the SuperLink's own ServerApp
                                     executor connects to 127.0.0.1, so that one is always there
-  DIR/node-NN, DIR/node-NN.pub      an EC P-384 key pair per SuperNode (OpenSSH format) for node
-                                    authentication; the .pub files are registered with the SuperLink
+  DIR/node-NN/node, .../node.pub    an EC P-384 key pair per SuperNode (OpenSSH format) for node
+                                    authentication, each in a directory of its own; the .pub files are
+                                    registered with the SuperLink
 Private keys are written with mode 0600. None of these files is ever committed: every directory that
 receives a private key gets a `.gitignore` holding `*` (as Python's venv does), so `git status` of a
 repository where keys are made anywhere shows none of them.
@@ -142,20 +143,26 @@ def make_server_cert(out: Path, ca: x509.Certificate, ca_key: ec.EllipticCurvePr
 
 
 def node_key_path(out: Path, index: int) -> Path:
-    return out / f"node-{index:02d}"
+    """A SuperNode's private key, in a directory of its own (a container mounts only that directory)."""
+    return out / f"node-{index:02d}" / "node"
 
 
-def make_node_key(path: Path) -> None:
-    """An EC P-384 key pair in OpenSSH format (Flower rejects ed25519)."""
+def public_key_name(index: int) -> str:
+    return f"node-{index:02d}.pub"
+
+
+def make_node_key(path: Path, label: str | None = None) -> None:
+    """An EC P-384 key pair in OpenSSH format (Flower rejects ed25519); `label` is the public key's comment."""
     if path.exists() and path.with_suffix(".pub").exists():
         return
+    path.parent.mkdir(parents=True, exist_ok=True)
     key = ec.generate_private_key(ec.SECP384R1())
     private = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
     )
     public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
     _write(path, private, private=True)
-    _write(path.with_suffix(".pub"), public + f" {path.name}\n".encode(), private=False)
+    _write(path.with_suffix(".pub"), public + f" {label or path.name}\n".encode(), private=False)
 
 
 def make_all(
@@ -165,7 +172,7 @@ def make_all(
     ca, ca_key = make_ca(out)
     make_server_cert(out, ca, ca_key, [*DEFAULT_SANS, *extra_sans])
     for index in range(nodes):
-        make_node_key(node_key_path(out, index))
+        make_node_key(node_key_path(out, index), label=f"node-{index:02d}")
     if public_dir is not None:
         publish_node_keys(out, nodes, public_dir)
 
@@ -173,12 +180,12 @@ def make_all(
 def publish_node_keys(out: Path, nodes: int, public_dir: Path) -> None:
     """Exactly the public keys of nodes 0..nodes-1 in `public_dir` (what a runner registers), nothing else."""
     public_dir.mkdir(parents=True, exist_ok=True)
-    wanted = {node_key_path(out, index).with_suffix(".pub").name for index in range(nodes)}
+    wanted = {public_key_name(index): node_key_path(out, index).with_suffix(".pub") for index in range(nodes)}
     for stale in public_dir.glob("node-*.pub"):
         if stale.name not in wanted:
             stale.unlink()
-    for name in wanted:
-        _write(public_dir / name, (out / name).read_bytes(), private=False)
+    for name, source in wanted.items():
+        _write(public_dir / name, source.read_bytes(), private=False)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -41,7 +41,7 @@ def train_round(msg: Message, context: Context) -> Message:
         torch.set_num_threads(node.threads)
     server_round = int(msg.content["config"]["server-round"])
     seed = local_seed(cfg.train.seed, server_round, context.node_id)
-    beats = load_local_data(node).subsample(cfg.max_train_windows or None, seed)
+    beats = load_local_data(node).subsample(cfg.max_train_windows, seed)
 
     model = EcgCnn()
     model.load_state_dict(msg.content["arrays"].to_torch_state_dict())

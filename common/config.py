@@ -91,8 +91,11 @@ class _Settings(BaseModel):
     )
 
     @classmethod
-    def from_flat(cls, flat: Mapping[str, object], what: str) -> Self:
-        """Validate Flower's flat config (nested keys joined by '.'); errors name the key."""
+    def from_flat(cls, flat: Mapping[str, object], what: str, names: Mapping[str, str] | None = None) -> Self:
+        """Validate a flat config (nested keys joined by '.', as Flower's run and node configs hold them).
+
+        Errors name the key as `what key 'a.b'`, or by `names[key]` where given (the CLI's flags).
+        """
         nested: dict[str, object] = {}
         for key, value in flat.items():
             *parents, leaf = key.split(".")
@@ -103,8 +106,13 @@ class _Settings(BaseModel):
         try:
             return cls.model_validate(nested)
         except ValidationError as error:
+
+            def where(loc: tuple) -> str:
+                key = ".".join(str(part) for part in loc)
+                return (names or {}).get(key) or f"{what} key '{key}'"
+
             problems = "; ".join(
-                f"{what} key '{'.'.join(str(p) for p in e['loc'])}': {e['msg']} (got {e.get('input')!r})"
+                f"{where(e['loc'])}: {e['msg']} (got {e.get('input')!r})"
                 if e["loc"]
                 else f"{what}: {e['msg'].removeprefix('Value error, ')}"  # a check across keys names them
                 for e in error.errors()
@@ -131,40 +139,46 @@ def _lead(value: object) -> object:
 class PrepareConfig(_Settings):
     """How `ecg-fat prepare` turns WFDB records into a test set and client shards."""
 
-    lead: int | str = Field(0, description="signal index or name, e.g. 0 or 'MLII'")
+    lead: int | str = Field(0, description="signal index or name (0: the first signal, MLII in 45 of 48 records)")
     window: WindowConfig = WindowConfig()
-    split: Literal["intra-patient", "inter-patient"] = "intra-patient"
-    test_fraction: float = Field(0.2, gt=0.0, lt=1.0)
-    clients: int = Field(10, ge=1)
-    partition: Literal["iid", "patient", "dirichlet"] = "iid"
-    alpha: float = Field(0.5, gt=0.0, description="Dirichlet concentration (label skew)")
-    seed: int = 42
+    split: Literal["intra-patient", "inter-patient"] = Field(
+        "intra-patient",
+        description="intra-patient (a stratified split of the beats) or inter-patient (de Chazal's DS1 records "
+        "train, DS2 test; paced records excluded)",
+    )
+    test_fraction: float = Field(0.2, gt=0.0, lt=1.0, description="test share of an intra-patient split")
+    clients: int = Field(10, ge=1, description="client shards")
+    partition: Literal["iid", "patient", "dirichlet"] = Field(
+        "iid", description="iid (stratified), patient (whole records per shard), dirichlet (label skew)"
+    )
+    alpha: float = Field(0.5, gt=0.0, description="Dirichlet concentration; smaller = more skew")
+    seed: int = Field(42, description="seed of the split and the partition")
 
     _lead_index = field_validator("lead", mode="before")(staticmethod(_lead))
 
 
 class PgdConfig(_Settings):
-    eps: float = Field(8 / 255, gt=0.0, le=1.0)
-    alpha: float = Field(1 / 255, gt=0.0, le=1.0)
-    steps: int = Field(20, ge=1)
+    eps: float = Field(8 / 255, gt=0.0, le=1.0, description="PGD L-inf radius (training and evaluation)")
+    alpha: float = Field(1 / 255, gt=0.0, le=1.0, description="PGD step size")
+    steps: int = Field(20, ge=1, description="PGD steps")
     random_start: bool = True
 
 
 class FgsmConfig(_Settings):
-    eps: float = Field(8 / 255, gt=0.0, le=1.0)
+    eps: float = Field(8 / 255, gt=0.0, le=1.0, description="FGSM L-inf radius")
 
 
 class CwConfig(_Settings):
-    c: float = Field(1.0, gt=0.0)
-    kappa: float = Field(0.0, ge=0.0)
-    steps: int = Field(50, ge=1)
-    lr: float = Field(0.01, gt=0.0)
+    c: float = Field(1.0, gt=0.0, description="CW constant c")
+    kappa: float = Field(0.0, ge=0.0, description="CW confidence kappa")
+    steps: int = Field(50, ge=1, description="CW Adam steps")
+    lr: float = Field(0.01, gt=0.0, description="CW Adam learning rate")
 
 
 class BimConfig(_Settings):
-    eps: float = Field(8 / 255, gt=0.0, le=1.0)
-    alpha: float = Field(2 / 255, gt=0.0, le=1.0)
-    steps: int = Field(10, ge=1)
+    eps: float = Field(8 / 255, gt=0.0, le=1.0, description="BIM L-inf radius")
+    alpha: float = Field(2 / 255, gt=0.0, le=1.0, description="BIM step size")
+    steps: int = Field(10, ge=1, description="BIM steps")
 
 
 class AttackSuite(_Settings):
@@ -182,11 +196,13 @@ CONDITIONS = ("clean", "pgd", "fgsm", "cw", "bim")
 class TrainConfig(_Settings):
     """Local training (Algorithm 1 of the paper when `adversarial` is on)."""
 
-    epochs: int = Field(5, ge=1)
+    epochs: int = Field(5, ge=1, description="local epochs")
     # The paper gives no batch size; 64 is ours, recorded with every run.
-    batch_size: int = Field(64, ge=1)
-    lr: float = Field(1e-3, gt=0.0)
-    adversarial: bool = True
+    batch_size: int = Field(64, ge=1, description="training batch size")
+    lr: float = Field(1e-3, gt=0.0, description="Adam learning rate")
+    adversarial: bool = Field(
+        True, description="adversarial training, Algorithm 1 with PGD (--no-adversarial: the clean baseline)"
+    )
     pgd: PgdConfig = PgdConfig()
     seed: int = 0
 
@@ -197,9 +213,11 @@ class EvalConfig(_Settings):
     CW stops early per batch, so its result depends on the batch size: it is fixed here and recorded.
     """
 
-    batch_size: int = Field(256, ge=1)
+    batch_size: int = Field(256, ge=1, description="evaluation batch size; CW's result depends on it")
     attacks: AttackSuite = AttackSuite()
-    conditions: tuple[Literal["clean", "pgd", "fgsm", "cw", "bim"], ...] = CONDITIONS
+    conditions: tuple[Literal["clean", "pgd", "fgsm", "cw", "bim"], ...] = Field(
+        CONDITIONS, description="evaluation conditions"
+    )
     seed: int = 0
 
     @model_validator(mode="after")
@@ -212,18 +230,29 @@ class EvalConfig(_Settings):
 class FederationConfig(_Settings):
     """The Flower run config: `[tool.flwr.app.config]` in pyproject.toml holds exactly these defaults."""
 
-    num_rounds: int = Field(10, ge=1)
-    num_nodes: int = Field(10, ge=1, description="SuperNodes expected; the sampling fraction derives from it")
-    nodes_per_round: int = Field(5, ge=1)
-    round_timeout: float = Field(3600.0, gt=0, description="seconds to wait for the sampled nodes' replies")
-    seed: int = 0
+    num_rounds: int = Field(10, ge=1, description="federated rounds")
+    num_nodes: int = Field(10, ge=1, description="SuperNodes in the federation")
+    nodes_per_round: int = Field(ge=1, description="nodes sampled per round (unset: half of the nodes, rounded up)")
+    round_timeout: float = Field(3600.0, gt=0, description="seconds to wait for a round's replies")
+    seed: int = Field(0, description="seed of weights, shuffling, sampling and attacks")
     test_path: str = Field("", description="absolute path of the server's test set (test.npz)")
-    max_test_windows: int = Field(0, ge=0, description="0: the whole test set")
-    max_train_windows: int = Field(0, ge=0, description="per SuperNode; 0: the whole shard")
+    max_test_windows: int = Field(0, ge=0, description="evaluate on at most this many test windows (0: all)")
+    max_train_windows: int = Field(0, ge=0, description="train on at most this many windows per shard (0: all)")
     results_dir: str = Field("", description="absolute path of the run's results directory")
     resume: bool = False
     train: TrainConfig = TrainConfig()
     evaluate: EvalConfig = EvalConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _half_the_nodes_by_default(cls, data: object) -> object:
+        """Unset, nodes-per-round is half of num-nodes, rounded up (5 of 10, the paper's; 2 of 3)."""
+        if isinstance(data, dict) and data.get("nodes-per-round", data.get("nodes_per_round")) is None:
+            nodes = data.get("num-nodes", data.get("num_nodes", cls.model_fields["num_nodes"].default))
+            if isinstance(nodes, int):
+                data = {k: v for k, v in data.items() if k not in ("nodes-per-round", "nodes_per_round")}
+                data["nodes-per-round"] = max(1, (nodes + 1) // 2)
+        return data
 
     @model_validator(mode="after")
     def _sample_fits(self) -> FederationConfig:

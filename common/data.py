@@ -8,7 +8,6 @@ half-written shard.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import tempfile
@@ -20,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import wfdb
+from pydantic import BaseModel
 from sklearn.model_selection import StratifiedKFold, train_test_split
 from wfdb.io._signal import BYTES_PER_SAMPLE
 
@@ -45,6 +45,41 @@ class DataError(Exception):
     """Bad input data; the message names the file and the problem."""
 
 
+class FileEntry(BaseModel):
+    windows: int
+    class_counts: dict[str, int]
+    records: list[str]
+    sha256: str
+
+
+class Manifest(BaseModel):
+    """manifest.json of a prepared directory: how it was made and what each file holds."""
+
+    source: str
+    settings: PrepareConfig
+    windows_total: int
+    class_counts: dict[str, int]
+    records: list[str]
+    train_windows: int
+    test_windows: int
+    test_file: str
+    client_files: list[str]
+    files: dict[str, FileEntry]
+
+    @classmethod
+    def read(cls, directory: Path) -> Manifest:
+        path = directory / MANIFEST
+        try:
+            return cls.model_validate_json(path.read_bytes())
+        except FileNotFoundError as error:
+            raise DataError(f"{path}: missing; run `ecg-fat prepare --out {directory}` first") from error
+        except (OSError, ValueError) as error:
+            raise DataError(f"{path}: not a manifest of prepared data ({str(error).splitlines()[0]})") from error
+
+    def to_json(self) -> bytes:
+        return self.model_dump_json(indent=2).encode()
+
+
 @dataclass(frozen=True)
 class Beats:
     """Windows (n, 1, L) float32 in [0, 1], AAMI labels (n,) int64, and each window's record name."""
@@ -60,8 +95,8 @@ class Beats:
         return Beats(self.x[index], self.y[index], self.record[index])
 
     def subsample(self, limit: int | None, seed: int) -> Beats:
-        """At most `limit` windows, drawn at random with `seed` (all of them when None)."""
-        if limit is None or limit >= len(self):
+        """At most `limit` windows, drawn at random with `seed` (all of them when 0 or None)."""
+        if not limit or limit >= len(self):
             return self
         return self.take(np.sort(np.random.default_rng(seed).permutation(len(self))[:limit]))
 
@@ -373,7 +408,7 @@ def client_file(index: int) -> str:
     return f"client_{index:02d}.npz"
 
 
-def prepare(source: Path, out: Path, cfg: PrepareConfig) -> dict:
+def prepare(source: Path, out: Path, cfg: PrepareConfig) -> Manifest:
     """Read `source`, split and partition, then write shards, the test set and manifest.json to `out`."""
     beats = read_records(source, cfg.lead, cfg.window)
     train_index, test_index = split_train_test(beats, cfg)
@@ -383,62 +418,54 @@ def prepare(source: Path, out: Path, cfg: PrepareConfig) -> dict:
         raise DataError(f"{cfg.partition} partition left a client shard empty; use fewer --clients")
 
     parts = {**{client_file(i): shard for i, shard in enumerate(shards)}, TEST_FILE: test}
-    files: dict[str, dict] = {}
-    manifest = {
-        "source": str(source.resolve()),
-        "settings": cfg.model_dump(mode="json"),
-        "windows_total": len(beats),
-        "class_counts": class_counts(beats.y),
-        "records": sorted(set(beats.record.tolist())),
-        "train_windows": len(train),
-        "test_windows": len(test),
-        "test_file": TEST_FILE,
-        "client_files": [client_file(i) for i in range(len(shards))],
-        "files": files,
-    }
+    files: dict[str, FileEntry] = {}
     with _output_errors(out):
         out.mkdir(parents=True, exist_ok=True)
         with staged(out) as stage:  # nothing in `out` changes unless every file could be written
             for name, part in parts.items():
                 stage(name, lambda file, part=part: np.savez(file, x=part.x, y=part.y, record=part.record))
-                files[name] = {
-                    "windows": len(part),
-                    "class_counts": class_counts(part.y),
-                    "records": sorted(set(part.record.tolist())),
-                    "sha256": sha256_of(stage.temporary(name)),
-                }
-            stage(MANIFEST, lambda file: file.write(json.dumps(manifest, indent=2).encode()))
+                files[name] = FileEntry(
+                    windows=len(part),
+                    class_counts=class_counts(part.y),
+                    records=sorted(set(part.record.tolist())),
+                    sha256=sha256_of(stage.temporary(name)),
+                )
+            manifest = Manifest(
+                source=str(source.resolve()),
+                settings=cfg,
+                windows_total=len(beats),
+                class_counts=class_counts(beats.y),
+                records=sorted(set(beats.record.tolist())),
+                train_windows=len(train),
+                test_windows=len(test),
+                test_file=TEST_FILE,
+                client_files=[client_file(i) for i in range(len(shards))],
+                files=files,
+            )
+            stage(MANIFEST, lambda file: file.write(manifest.to_json()))
         for stale in set(p.name for p in out.glob("client_*.npz")) - set(files):
             (out / stale).unlink()  # shards of an earlier run with more clients
     for name, entry in files.items():
-        log.info("wrote %s: %d windows %s", out / name, entry["windows"], entry["class_counts"])
+        log.info("wrote %s: %d windows %s", out / name, entry.windows, entry.class_counts)
     return manifest
 
 
-def up_to_date(out: Path, source: Path | None, cfg: PrepareConfig) -> dict | None:
+def up_to_date(out: Path, source: Path | None, cfg: PrepareConfig) -> Manifest | None:
     """The manifest of `out` if it was prepared from `source` (None: from any source) with these settings and
     every file it lists is intact; else None."""
     try:
-        manifest = json.loads((out / MANIFEST).read_text())
-    except (OSError, ValueError):
+        manifest = Manifest.read(out)
+    except DataError:
         return None
-    same_source = source is None or manifest.get("source") == str(source.resolve())
-    if not same_source or manifest.get("settings") != cfg.model_dump(mode="json"):
+    if (source is not None and manifest.source != str(source.resolve())) or manifest.settings != cfg:
         return None
-    intact = all(
-        (out / name).is_file() and sha256_of(out / name) == entry["sha256"] for name, entry in manifest["files"].items()
-    )
+    intact = all((out / name).is_file() and sha256_of(out / name) == e.sha256 for name, e in manifest.files.items())
     return manifest if intact else None
 
 
 def load_training_set(prepared: Path) -> Beats:
     """Every client shard of a prepared directory, concatenated (the centralised reference)."""
-    manifest_path = prepared / MANIFEST
-    try:
-        manifest = json.loads(manifest_path.read_text())
-    except FileNotFoundError as error:
-        raise DataError(f"{manifest_path}: missing; run `ecg-fat prepare --out {prepared}` first") from error
-    return Beats.concat([load_beats(prepared / name) for name in manifest["client_files"]])
+    return Beats.concat([load_beats(prepared / name) for name in Manifest.read(prepared).client_files])
 
 
 def download_mitdb(cache: Path) -> Path:

@@ -36,15 +36,14 @@ import numpy as np
 import torch
 import torchattacks
 import wfdb
-from torch import nn
+from flwr.app import ArrayRecord, MetricRecord, RecordDict
+from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 
-from common.attacks import perturb, pgd
-from common.config import EvalConfig, FederationConfig, PgdConfig, PrepareConfig, TrainConfig
-from common.data import MANIFEST, TEST_FILE, Beats, load_beats, prepare
+from common.config import FederationConfig, PrepareConfig, TrainConfig
+from common.data import TEST_FILE, Manifest, load_beats, prepare, up_to_date
 from common.metrics import evaluate
 from common.model import EcgCnn, build_model
-from common.runtime import tune_allocator
-from common.train import seed_everything, to_tensors, train
+from common.train import train
 from ecg_fat.federate import FederateOptions, default_threads, federate
 from ecg_fat.launcher import LocalFederation, descendants
 from server.results import Results
@@ -52,6 +51,12 @@ from server.results import Results
 log = logging.getLogger("ecg_fat")
 
 SECTIONS = ("train", "attack", "evaluate", "federation", "scale")
+
+
+class BenchError(RuntimeError):
+    """A measurement could not be made (a worker or a federation failed); the message says where to look."""
+
+
 GLIBC_TUNABLES = "GLIBC_TUNABLES"
 
 
@@ -80,7 +85,7 @@ FULL = Sizes(3_200, 2_000, 2, 2_048, None, 1_500, 1_500, 300, 1_000)
 
 @dataclass(frozen=True)
 class BenchOptions:
-    mitdb: Path
+    mitdb: Path | None  # None: synthetic records
     workdir: Path
     sizes: Sizes = FULL
     sections: tuple[str, ...] = SECTIONS
@@ -112,7 +117,7 @@ def write_synthetic_records(directory: Path, records: int = 12, beats: int = 900
 
 
 def source_records(options: BenchOptions) -> tuple[Path, str]:
-    if (options.mitdb / "100.hea").is_file():
+    if options.mitdb is not None and (options.mitdb / "100.hea").is_file():
         return options.mitdb, f"MIT-BIH records in {options.mitdb}"
     log.warning(
         "no MIT-BIH records in %s: using synthetic WFDB records (speeds only, not the paper's task)", options.mitdb
@@ -121,9 +126,8 @@ def source_records(options: BenchOptions) -> tuple[Path, str]:
 
 
 def prepared(source: Path, out: Path, clients: int) -> Path:
-    manifest = out / MANIFEST
     settings = PrepareConfig(clients=clients)
-    if not manifest.exists() or json.loads(manifest.read_text())["settings"] != settings.model_dump(mode="json"):
+    if up_to_date(out, source, settings) is None:
         prepare(source, out, settings)
     return out
 
@@ -136,97 +140,13 @@ def run_worker(task: str, params: dict, tuned: bool, threads: int) -> dict:
     env = {k: v for k, v in os.environ.items() if k != GLIBC_TUNABLES}
     params = {**params, "tuned": tuned, "threads": threads}
     done = subprocess.run(
-        [sys.executable, "-m", "ecg_fat.bench", task, json.dumps(params)],
+        [sys.executable, "-m", "ecg_fat.bench_worker", task, json.dumps(params)],
         env=env, capture_output=True, text=True, check=False,
     )  # fmt: skip
     if done.returncode != 0:
-        raise RuntimeError(f"benchmark worker {task} failed:\n{done.stderr[-3000:]}")
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise BenchError(f"benchmark worker {task} failed (exit {done.returncode}): {last}")
     return json.loads(done.stdout.strip().splitlines()[-1])
-
-
-def library_pool() -> nn.Module:
-    return nn.MaxPool1d(2)
-
-
-def reference_epoch(model: nn.Module, beats: Beats, cfg: TrainConfig) -> None:
-    """The plain loop a reader of torchattacks would write: PGD, then one Adam step on concat(x, adv)."""
-    seed_everything(cfg.seed)
-    x, y = to_tensors(beats, torch.device("cpu"))
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    attack = torchattacks.PGD(model, eps=cfg.pgd.eps, alpha=cfg.pgd.alpha, steps=cfg.pgd.steps, random_start=True)
-    for batch in torch.randperm(len(y)).split(cfg.batch_size):
-        xb, yb = x[batch], y[batch]
-        adversarial = attack(xb, yb)
-        model.train()
-        optimizer.zero_grad()
-        loss = nn.functional.cross_entropy(model(torch.cat([xb, adversarial])), torch.cat([yb, yb]))
-        loss.backward()
-        optimizer.step()
-
-
-def task_train(params: dict) -> dict:
-    shard = load_beats(Path(params["shard"])).subsample(params["train_windows"], 0)
-    test = load_beats(Path(params["test"])).subsample(params["test_windows"], 0)
-    cfg = TrainConfig(epochs=1)
-    started = time.perf_counter()
-    if params["variant"] == "reference":
-        model = build_model(0, pool=library_pool)
-        reference_epoch(model, shard, cfg)
-    else:
-        model = build_model(0)
-        train(model, shard, cfg, torch.device("cpu"))
-    seconds = time.perf_counter() - started
-    if params.get("save"):
-        torch.save(model.state_dict(), params["save"])
-    robust = evaluate(model, test, EvalConfig(conditions=("clean", "pgd")), torch.device("cpu"))
-    return {
-        "windows_per_second": 2 * len(shard) / seconds,  # the optimiser sees clean + adversarial
-        "seconds": seconds,
-        "clean_accuracy": robust["clean"]["accuracy"],
-        "robust_accuracy": robust["pgd"]["accuracy"],
-    }
-
-
-class Bf16Logits(nn.Module):
-    """The model under bf16 autocast, logits back in fp32 (for the attack's loss)."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            return self.model(x).float()
-
-
-def task_attack(params: dict) -> dict:
-    beats = load_beats(Path(params["test"])).subsample(params["windows"], 0)
-    x, y = to_tensors(beats, torch.device("cpu"))
-    model = build_model(0) if params["pool"] == "pair-max" else build_model(0, pool=library_pool)
-    attacked = Bf16Logits(model) if params["precision"] == "bf16" else model
-    attack = pgd(attacked, PgdConfig())
-    perturb(attack, x[:64], y[:64])  # warm-up
-    started = time.perf_counter()
-    for xb, yb in zip(x.split(64), y.split(64), strict=True):
-        perturb(attack, xb, yb)
-    return {"windows_per_second": len(y) / (time.perf_counter() - started)}
-
-
-def task_evaluate(params: dict) -> dict:
-    test = load_beats(Path(params["test"])).subsample(params["windows"], 0)
-    model = EcgCnn() if params["pool"] == "pair-max" else EcgCnn(pool=library_pool)
-    model.load_state_dict(torch.load(params["model"], weights_only=True))
-    started = time.perf_counter()
-    results = evaluate(model, test, EvalConfig(), torch.device("cpu"))
-    return {
-        "windows": len(test),
-        "seconds": time.perf_counter() - started,
-        "per_condition": {c: round(r["seconds"], 2) for c, r in results.items()},
-        "accuracy": {c: r["accuracy"] for c, r in results.items()},
-    }
-
-
-TASKS: dict[str, Callable[[dict], dict]] = {"train": task_train, "attack": task_attack, "evaluate": task_evaluate}
 
 
 # ------------------------------------------------------------------------------------ sections
@@ -282,20 +202,20 @@ def bench_evaluate(data: Path, sizes: Sizes, threads: int) -> dict:
 
 def in_process_federation(data: Path, cfg: FederationConfig) -> None:
     """What the federation computes, in one process: train the sampled shards in turn, FedAvg, evaluate."""
-    manifest = json.loads((data / MANIFEST).read_text())
-    shards = [load_beats(data / name) for name in manifest["client_files"]][: cfg.nodes_per_round]
-    test = load_beats(data / TEST_FILE).subsample(cfg.max_test_windows or None, cfg.seed)
+    shards = [load_beats(data / name) for name in Manifest.read(data).client_files][: cfg.nodes_per_round]
+    test = load_beats(data / TEST_FILE).subsample(cfg.max_test_windows, cfg.seed)
     state = build_model(cfg.seed).state_dict()
     evaluate(_with_state(state), test, cfg.evaluate, torch.device("cpu"))
     for server_round in range(1, cfg.num_rounds + 1):
         updates = []
         for index, shard in enumerate(shards):
-            beats = shard.subsample(cfg.max_train_windows or None, server_round + index)
+            beats = shard.subsample(cfg.max_train_windows, server_round + index)
             model = _with_state(state)
             train(model, beats, cfg.train.model_copy(update={"seed": server_round + index}), torch.device("cpu"))
-            updates.append((model.state_dict(), len(beats)))
-        total = sum(n for _, n in updates)
-        state = {k: sum(s[k] * (n / total) for s, n in updates) for k in state}
+            updates.append(
+                RecordDict({"arrays": ArrayRecord(model.state_dict()), "metrics": MetricRecord({"n": len(beats)})})
+            )
+        state = aggregate_arrayrecords(updates, "n").to_torch_state_dict()  # Flower's FedAvg arithmetic
         evaluate(_with_state(state), test, cfg.evaluate, torch.device("cpu"))
 
 
@@ -315,7 +235,7 @@ def run_federation(
     shutil.rmtree(cfg.results_dir, ignore_errors=True)
     started = time.perf_counter()
     if federate(options, PrepareConfig(clients=cfg.num_nodes), cfg, watch=watch) != 0:
-        raise RuntimeError(f"the benchmark federation failed; logs in {workdir / 'logs'}")
+        raise BenchError(f"the benchmark federation failed; logs in {workdir / 'logs'}")
     return time.perf_counter() - started
 
 
@@ -393,12 +313,11 @@ class RoundClock:
     """When each round's evaluation first appears in the results (polled with the run's progress)."""
 
     def __init__(self, results: Path) -> None:
-        self.metrics, self.first_seen = results / "metrics.jsonl", {}
+        self.results, self.first_seen = Results(results), {}
 
     def __call__(self) -> None:
-        if self.metrics.exists():
-            for line in self.metrics.read_text().splitlines():
-                self.first_seen.setdefault(json.loads(line)["round"], time.monotonic())
+        for row in self.results.read_jsonl("metrics"):
+            self.first_seen.setdefault(row["round"], time.monotonic())
 
     def seconds_per_round(self) -> float | None:
         rounds = sorted(self.first_seen)
@@ -446,17 +365,6 @@ def bench(options: BenchOptions, on_section: Callable[[str, dict], None] | None 
         if on_section:
             on_section(section, report)
     return report
-
-
-def machine(threads: int) -> dict:
-    return {
-        "cpu": platform.processor() or platform.machine(),
-        "cores": os.cpu_count(),
-        "torch_threads": threads,
-        "torch": torch.__version__,
-        "torchattacks": torchattacks.__version__,
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-    }
 
 
 # Targets of issue 5 on a 2-core machine: (label, value from the report, comparison, target).
@@ -516,11 +424,3 @@ def format_report(report: dict) -> str:
         gap = "met" if met else f"MISSED by {abs(value - target):.2f}"
         lines.append(f"  {label:48s} {value:9.2f}  target {op} {target:g}: {gap}")
     return "\n".join(lines)
-
-
-if __name__ == "__main__":  # a worker: `python -m ecg_fat.bench TASK JSON`
-    task_params = json.loads(sys.argv[2])
-    if task_params["tuned"]:
-        tune_allocator()
-    torch.set_num_threads(task_params["threads"])
-    print(json.dumps(TASKS[sys.argv[1]](task_params)))

@@ -5,21 +5,22 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import pickle
+import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
 
 import torch
-from pydantic import BaseModel, ValidationError
 from torch import nn
 
-from common.config import CONDITIONS, EvalConfig, FederationConfig, PrepareConfig, TrainConfig
+from common.config import ConfigError, EvalConfig, FederationConfig, PrepareConfig
 from common.data import (
     TEST_FILE,
     Beats,
     DataError,
+    Manifest,
     download_mitdb,
     load_beats,
     load_training_set,
@@ -30,19 +31,18 @@ from common.metrics import evaluate, format_table
 from common.model import EcgCnn, build_model, pick_device
 from common.runtime import tune_allocator
 from common.train import EpochStats, train
-from ecg_fat.bench import FULL, QUICK, SECTIONS, BenchOptions, bench, format_report
+from ecg_fat import flags
+from ecg_fat.bench import FULL, QUICK, SECTIONS, BenchError, BenchOptions, bench, format_report
 from ecg_fat.federate import FederateOptions, default_threads, federate, submit
+from ecg_fat.flags import UsageError
 from ecg_fat.launcher import ControlClient, LauncherError
 from ecg_fat.report import ReportError, write_report
 from server.results import ResultsError
 
 log = logging.getLogger("ecg_fat")
-Settings = TypeVar("Settings", bound=BaseModel)
 DEFAULT_CACHE = Path.home() / ".cache" / "ecg-fat" / "mitdb"
-
-
-class UsageError(Exception):
-    """A flag's value failed validation; the message names the flag."""
+# Everything a user can cause ends as one line naming the file, value or flag (main, below).
+USER_ERRORS = (DataError, LauncherError, ResultsError, ReportError, ConfigError, BenchError)
 
 
 def local_path(text: str) -> Path:
@@ -57,35 +57,6 @@ def remote_path(text: str) -> Path:
     if not path.is_absolute():
         raise argparse.ArgumentTypeError(f"must be an absolute path as the SuperLink sees it (got {text!r})")
     return path
-
-
-def validated(model: type[Settings], values: dict[str, Any], flags: dict[str, str]) -> Settings:
-    """Build `model` from the given values (None = default); errors name the flag, not the field."""
-    nested: dict[str, Any] = {}
-    for dotted, value in values.items():
-        if value is None:
-            continue
-        *parents, leaf = dotted.split(".")
-        target = nested
-        for part in parents:
-            target = target.setdefault(part, {})
-        target[leaf] = value
-    try:
-        return model.model_validate(nested)
-    except ValidationError as error:
-        first = error.errors()[0]
-        field = ".".join(str(part).replace("-", "_") for part in first["loc"])
-        if not field:  # a check across fields; its message names them
-            raise UsageError(first["msg"].removeprefix("Value error, ")) from error
-        flag = flags.get(field, "--" + field.replace("_", "-"))
-        raise UsageError(f"{flag}: {first['msg']} (got {first.get('input')!r})") from error
-
-
-def require_positive(**counts: int | None) -> None:
-    """Window caps given as flags (keyword = flag without dashes) must be at least 1 when set."""
-    for name, value in counts.items():
-        if value is not None and value < 1:
-            raise UsageError(f"--{name.replace('_', '-')}: must be at least 1 (got {value})")
 
 
 def require_json_dir(path: Path | None) -> None:
@@ -107,42 +78,11 @@ def evaluate_and_print(model: nn.Module, test: Beats, cfg: EvalConfig) -> dict[s
     return results
 
 
-# ----------------------------------------------------------------------------- attack flags
-
-ATTACK_FLAGS = {
-    "pgd.eps": "--pgd-eps",
-    "pgd.alpha": "--pgd-alpha",
-    "pgd.steps": "--pgd-steps",
-    "fgsm.eps": "--fgsm-eps",
-    "cw.c": "--cw-c",
-    "cw.kappa": "--cw-kappa",
-    "cw.steps": "--cw-steps",
-    "cw.lr": "--cw-lr",
-    "bim.eps": "--bim-eps",
-    "bim.alpha": "--bim-alpha",
-    "bim.steps": "--bim-steps",
-}
-
-
-def add_attack_flags(parser: argparse.ArgumentParser, with_conditions: bool) -> None:
-    group = parser.add_argument_group(
-        "attacks",
-        "evaluation attacks (defaults: the paper's PGD 8/255, 1/255, 20; FGSM 8/255; "
-        "CW c 1, kappa 0, 50 steps, lr 0.01; BIM 8/255, 2/255, 10). Adversarial training uses the PGD values.",
-    )
-    for field, flag in ATTACK_FLAGS.items():
-        kind = int if field.endswith("steps") else float
-        group.add_argument(flag, type=kind, metavar=kind.__name__.upper(), help=f"{field} (default: paper)")
-    group.add_argument("--eval-batch-size", type=int, help="evaluation batch size; CW depends on it (default 256)")
-    if with_conditions:
-        group.add_argument("--conditions", nargs="+", choices=CONDITIONS, help="evaluation conditions (default: all)")
-
-
-def eval_config(args: argparse.Namespace) -> EvalConfig:
-    values = {f"attacks.{field}": getattr(args, flag[2:].replace("-", "_")) for field, flag in ATTACK_FLAGS.items()}
-    values |= {"batch_size": args.eval_batch_size, "seed": args.seed, "conditions": getattr(args, "conditions", None)}
-    flags = {f"attacks.{field}": flag for field, flag in ATTACK_FLAGS.items()} | {"batch_size": "--eval-batch-size"}
-    return validated(EvalConfig, values, flags)
+def add_attack_flags(parser: argparse.ArgumentParser, with_conditions: bool) -> list[flags.Flag]:
+    group = parser.add_argument_group("attacks", "the evaluation attacks (adversarial training uses the PGD values)")
+    added = [*flags.ATTACKS, *([flags.CONDITIONS] if with_conditions else [])]
+    flags.add(group, FederationConfig, added)
+    return added
 
 
 # ----------------------------------------------------------------------------- prepare
@@ -157,35 +97,10 @@ def add_source_flags(parser: argparse.ArgumentParser, required: bool) -> None:
     )
 
 
-def add_prepare_flags(parser: argparse.ArgumentParser, seed_flag: str) -> None:
-    """How records become shards; `prepare` and `federate` share them."""
-    parser.add_argument("--lead", help="signal index or name (default 0: the first signal, MLII in 45 of 48)")
-    parser.add_argument(
-        "--split",
-        choices=["intra-patient", "inter-patient"],
-        help="default intra-patient; inter-patient: de Chazal's DS1 records train, DS2 test (paced records excluded)",
-    )
-    parser.add_argument("--test-fraction", type=float, help="test share of an intra-patient split (default 0.2)")
-    parser.add_argument(
-        "--partition",
-        choices=["iid", "patient", "dirichlet"],
-        help="iid (stratified, default), patient (whole records per shard), dirichlet (label skew)",
-    )
-    parser.add_argument("--alpha", type=float, help="Dirichlet concentration; smaller = more skew (default 0.5)")
-    parser.add_argument(seed_flag, type=int, dest="data_seed", help="seed of the split and partition (default 42)")
-
-
-def prepare_config(args: argparse.Namespace, clients: int | None, clients_flag: str, seed_flag: str) -> PrepareConfig:
-    values = {
-        "lead": args.lead,
-        "split": args.split,
-        "test_fraction": args.test_fraction,
-        "clients": clients,
-        "partition": args.partition,
-        "alpha": args.alpha,
-        "seed": args.data_seed,
-    }
-    return validated(PrepareConfig, values, {"clients": clients_flag, "seed": seed_flag})
+# `prepare` names the data seed --seed; `federate`, whose --seed seeds the run, names it --data-seed and
+# takes the number of shards from --nodes.
+PREPARE_FLAGS = [*flags.PREPARE, flags.Flag("--clients", ("clients",)), flags.Flag("--seed", ("seed",))]
+FEDERATE_PREPARE_FLAGS = [*flags.PREPARE, flags.Flag("--data-seed", ("seed",))]
 
 
 def source_dir(args: argparse.Namespace) -> Path | None:
@@ -202,22 +117,48 @@ def add_prepare(commands: argparse._SubParsersAction) -> None:
     )
     add_source_flags(parser, required=True)
     parser.add_argument("--out", type=local_path, required=True, metavar="DIR", help="output directory")
-    parser.add_argument("--clients", type=int, help="number of client shards (default 10)")
-    add_prepare_flags(parser, seed_flag="--seed")
+    parser.add_argument(
+        "--node-dirs",
+        type=local_path,
+        metavar="DIR",
+        help="also give each shard a directory of its own, DIR/node-NN/shard.npz, for a SuperNode container that "
+        "mounts only its own (compose.yaml); a node directory beyond the shards is left without one",
+    )
+    flags.add(parser, PrepareConfig, PREPARE_FLAGS)
     parser.set_defaults(run=run_prepare)
 
 
+def place_shards(prepared: Path, manifest: Manifest, node_dirs: Path) -> None:
+    """DIR/node-NN/shard.npz for shard NN (a hard link, else a copy), and no shard.npz in any other node-*."""
+    wanted = {
+        node_dirs / f"node-{i:02d}" / "shard.npz": prepared / name for i, name in enumerate(manifest.client_files)
+    }
+    for stale in set(node_dirs.glob("node-*/shard.npz")) - set(wanted):
+        stale.unlink()
+    for target, shard in wanted.items():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        temporary = target.with_name(".shard.npz.tmp")
+        temporary.unlink(missing_ok=True)
+        try:
+            os.link(shard, temporary)
+        except OSError:  # another file system
+            shutil.copy2(shard, temporary)
+        os.replace(temporary, target)
+
+
 def run_prepare(args: argparse.Namespace) -> int:
-    cfg = prepare_config(args, args.clients, "--clients", "--seed")
+    cfg = flags.from_args(PrepareConfig, args, PREPARE_FLAGS)
     manifest = up_to_date(args.out, args.cache if args.download else args.mitdb, cfg)
     if manifest is None:
         manifest = prepare(source_dir(args), args.out, cfg)
     else:
         log.info("%s holds this data already (same records, settings and intact files): nothing to do", args.out)
+    if args.node_dirs:
+        place_shards(args.out, manifest, args.node_dirs)
     print(
-        f"{manifest['windows_total']} windows {manifest['class_counts']}: "
-        f"{manifest['train_windows']} in {len(manifest['client_files'])} shards, "
-        f"{manifest['test_windows']} in {args.out / TEST_FILE}"
+        f"{manifest.windows_total} windows {manifest.class_counts}: "
+        f"{manifest.train_windows} in {len(manifest.client_files)} shards, "
+        f"{manifest.test_windows} in {args.out / TEST_FILE}"
     )
     return 0
 
@@ -225,63 +166,22 @@ def run_prepare(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- federate
 
 
-def add_training_flags(parser: argparse.ArgumentParser, with_conditions: bool) -> None:
-    """Local training and data caps, shared by `train-local`, `federate` and `submit`."""
-    parser.add_argument("--batch-size", type=int, help="training batch size (default 64)")
-    parser.add_argument("--lr", type=float, help="Adam learning rate (default 1e-3)")
-    parser.add_argument(
-        "--adversarial",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="adversarial training, Algorithm 1 with PGD (default on; --no-adversarial: the clean baseline)",
-    )
-    parser.add_argument("--max-train-windows", type=int, help="train on at most this many windows (per shard)")
-    parser.add_argument("--max-test-windows", type=int, help="evaluate on at most this many test windows")
-    parser.add_argument("--seed", type=int, default=0, help="seed of weights, shuffling, sampling, attacks (default 0)")
-    add_attack_flags(parser, with_conditions)
-
-
-def add_run_flags(parser: argparse.ArgumentParser, results: Callable[[str], Path], results_help: str) -> None:
+def add_run_flags(
+    parser: argparse.ArgumentParser, results: Callable[[str], Path], results_help: str
+) -> list[flags.Flag]:
     """The federated run's settings, shared by `federate` (local) and `submit` (to a running SuperLink)."""
     parser.add_argument("--results", type=results, metavar="DIR", help=results_help)
     parser.add_argument("--resume", action="store_true", help="continue the run in --results from its last checkpoint")
-    parser.add_argument("--nodes", type=int, default=10, help="SuperNodes in the federation (default 10)")
-    parser.add_argument("--nodes-per-round", type=int, help="nodes sampled per round (default half: 5 of 10)")
-    parser.add_argument("--rounds", type=int, help="federated rounds (default 10)")
-    parser.add_argument("--local-epochs", type=int, help="local epochs per round (default 5)")
-    parser.add_argument("--round-timeout", type=float, help="seconds to wait for a round's replies (default 3600)")
-    add_training_flags(parser, with_conditions=False)  # a federated run evaluates all five
+    run_flags = [*flags.FEDERATION, *flags.TRAINING]
+    flags.add(parser, FederationConfig, run_flags)
+    return run_flags + add_attack_flags(parser, with_conditions=False)  # a federated run evaluates all five
 
 
 def run_config(args: argparse.Namespace, results: Path, test_path: Path) -> FederationConfig:
     """The validated run config from `add_run_flags`' flags; errors name the flag."""
-    pgd_values = {f"train.pgd.{k}": getattr(args, f"pgd_{k}") for k in ("eps", "alpha", "steps")}
-    values = {
-        "num_rounds": args.rounds,
-        "num_nodes": args.nodes,
-        "nodes_per_round": args.nodes_per_round or max(1, (args.nodes + 1) // 2),
-        "round_timeout": args.round_timeout,
-        "seed": args.seed,
-        "test_path": str(test_path),
-        "max_test_windows": args.max_test_windows,
-        "max_train_windows": args.max_train_windows,
-        "results_dir": str(results),
-        "resume": args.resume,
-        "train.epochs": args.local_epochs,
-        "train.batch_size": args.batch_size,
-        "train.lr": args.lr,
-        "train.adversarial": args.adversarial,
-        "train.seed": args.seed,
-        **pgd_values,
-        **{f"evaluate.{k}": v for k, v in eval_config(args).model_dump(exclude_defaults=True).items()},
-    }
-    flags = {
-        "num_rounds": "--rounds",
-        "num_nodes": "--nodes",
-        "train.epochs": "--local-epochs",
-        **{f"train.pgd.{k}": f"--pgd-{k}" for k in ("eps", "alpha", "steps")},
-    }
-    return validated(FederationConfig, values, flags)
+    return flags.from_args(
+        FederationConfig, args, args.run_flags, results_dir=str(results), test_path=str(test_path), resume=args.resume
+    )
 
 
 def default_results(args: argparse.Namespace, parent: Path) -> Path:
@@ -312,26 +212,27 @@ def add_federate(commands: argparse._SubParsersAction) -> None:
         help="prepared data (default WORKDIR/data); "
         "prepared there from --mitdb/--download when missing or made with other settings",
     )
-    add_run_flags(
+    run_flags = add_run_flags(
         parser, local_path, "results directory (default results/fat, or results/baseline with --no-adversarial)"
     )
     parser.add_argument(
         "--threads-per-node", type=int, help="torch threads per SuperNode (default: cores / nodes per round)"
     )
-    add_prepare_flags(parser, seed_flag="--data-seed")
-    parser.set_defaults(run=run_federate)
+    flags.add(parser, PrepareConfig, FEDERATE_PREPARE_FLAGS)
+    parser.set_defaults(run=run_federate, run_flags=run_flags)
 
 
 def run_federate(args: argparse.Namespace) -> int:
     data = args.data or args.workdir / "data"
     cfg = run_config(args, args.results or default_results(args, local_path("results")), data / TEST_FILE)
+    prepare_cfg = flags.from_args(PrepareConfig, args, FEDERATE_PREPARE_FLAGS, clients=cfg.num_nodes)
     options = FederateOptions(
         workdir=args.workdir,
         source=source_dir(args) if (args.mitdb or args.download) else None,
         data=data,
         threads_per_node=args.threads_per_node or default_threads(cfg.nodes_per_round),
     )
-    return federate(options, prepare_config(args, args.nodes, "--nodes", "--data-seed"), cfg)
+    return federate(options, prepare_cfg, cfg)
 
 
 # ----------------------------------------------------------------------------- submit
@@ -358,8 +259,10 @@ def add_submit(commands: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--home", type=local_path, default=Path.home() / ".flwr", help="flwr CLI home (default ~/.flwr)"
     )
-    add_run_flags(parser, remote_path, "results directory on the SuperLink (default /results/fat or /results/baseline)")
-    parser.set_defaults(run=run_submit)
+    run_flags = add_run_flags(
+        parser, remote_path, "results directory on the SuperLink (default /results/fat or /results/baseline)"
+    )
+    parser.set_defaults(run=run_submit, run_flags=run_flags)
 
 
 def run_submit(args: argparse.Namespace) -> int:
@@ -381,31 +284,19 @@ def add_train_local(commands: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--data", type=local_path, required=True, metavar="DIR", help="output of `ecg-fat prepare`")
     parser.add_argument("--shard", metavar="FILE", help="train on this shard of DIR only (default: all shards)")
-    parser.add_argument("--epochs", type=int, help="epochs (default 5)")
     parser.add_argument("--save", type=local_path, metavar="FILE", help="write the trained weights here (.pt)")
-    add_training_flags(parser, with_conditions=True)
-    parser.set_defaults(run=run_train_local)
+    local_flags = [flags.LOCAL_EPOCHS, *flags.TRAINING]
+    flags.add(parser, FederationConfig, local_flags)
+    local_flags += add_attack_flags(parser, with_conditions=True)
+    parser.set_defaults(run=run_train_local, local_flags=local_flags)
 
 
 def run_train_local(args: argparse.Namespace) -> int:
-    pgd_values = {f"pgd.{k}": getattr(args, f"pgd_{k}") for k in ("eps", "alpha", "steps")}
-    train_cfg = validated(
-        TrainConfig,
-        {
-            "epochs": args.epochs,
-            "batch_size": args.batch_size,
-            "lr": args.lr,
-            "adversarial": args.adversarial,
-            "seed": args.seed,
-            **pgd_values,
-        },
-        {f"pgd.{k}": f"--pgd-{k}" for k in ("eps", "alpha", "steps")},
-    )
-    eval_cfg = eval_config(args)
-    require_positive(max_train_windows=args.max_train_windows, max_test_windows=args.max_test_windows)
+    cfg = flags.from_args(FederationConfig, args, args.local_flags)
+    train_cfg = cfg.train
     training = load_beats(args.data / args.shard) if args.shard else load_training_set(args.data)
-    training = training.subsample(args.max_train_windows, args.seed)
-    test = load_beats(args.data / TEST_FILE).subsample(args.max_test_windows, args.seed)
+    training = training.subsample(cfg.max_train_windows, cfg.seed)
+    test = load_beats(args.data / TEST_FILE).subsample(cfg.max_test_windows, cfg.seed)
     device = pick_device()
     log.info(
         "training on %d windows (%s), %s, on %s",
@@ -431,7 +322,7 @@ def run_train_local(args: argparse.Namespace) -> int:
         args.save.parent.mkdir(parents=True, exist_ok=True)
         torch.save(model.state_dict(), args.save)
         log.info("weights written to %s", args.save)
-    evaluate_and_print(model, test, eval_cfg)
+    evaluate_and_print(model, test, cfg.evaluate)
     return 0
 
 
@@ -450,11 +341,11 @@ def add_evaluate(commands: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--test", type=local_path, required=True, metavar="FILE", help="test set, e.g. WORKDIR/data/test.npz"
     )
-    parser.add_argument("--max-test-windows", type=int, help="evaluate on at most this many windows, drawn with --seed")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the subsample and the attacks (default 0)")
     parser.add_argument("--json", type=local_path, metavar="PATH", help="also write the metrics as JSON")
-    add_attack_flags(parser, with_conditions=True)
-    parser.set_defaults(run=run_evaluate)
+    evaluate_flags = [flags.MAX_TEST, flags.SEED]
+    flags.add(parser, FederationConfig, evaluate_flags)
+    evaluate_flags += add_attack_flags(parser, with_conditions=True)
+    parser.set_defaults(run=run_evaluate, evaluate_flags=evaluate_flags)
 
 
 def load_weights(path: Path) -> EcgCnn:
@@ -469,11 +360,11 @@ def load_weights(path: Path) -> EcgCnn:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    cfg = eval_config(args)
-    require_positive(max_test_windows=args.max_test_windows)
+    run = flags.from_args(FederationConfig, args, args.evaluate_flags)
+    cfg = run.evaluate
     require_json_dir(args.json)
     model = load_weights(args.model)
-    test = load_beats(args.test).subsample(args.max_test_windows, args.seed)
+    test = load_beats(args.test).subsample(run.max_test_windows, run.seed)
     log.info("weights %s, test set %s", args.model, args.test)
     results = evaluate_and_print(model, test, cfg)
     if args.json:
@@ -519,8 +410,6 @@ def run_report(args: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------------------- bench
 
-DEFAULT_BENCH_MITDB = Path("../shared/data/mitdb")
-
 
 def add_bench(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
@@ -533,8 +422,8 @@ def add_bench(commands: argparse._SubParsersAction) -> None:
         "ratios and the targets they meet or miss; the full run takes about half an hour on 2 cores.",
     )
     parser.add_argument(
-        "--mitdb", type=local_path, default=str(DEFAULT_BENCH_MITDB), metavar="DIR",
-        help=f"MIT-BIH records (default {DEFAULT_BENCH_MITDB}); synthetic records are used when absent",
+        "--mitdb", type=local_path, metavar="DIR",
+        help="MIT-BIH records; without them (or where they are missing) synthetic WFDB records are used, and said",
     )  # fmt: skip
     parser.add_argument("--workdir", type=local_path, default=".ecg-fat/bench", help="scratch (default .ecg-fat/bench)")
     parser.add_argument("--quick", action="store_true", help="smaller workloads: a few minutes in all")
@@ -596,7 +485,7 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as error:
         print(f"ecg-fat {args.command}: error: {error}", file=sys.stderr)
         return 2
-    except (DataError, LauncherError, ResultsError, ReportError) as error:
+    except USER_ERRORS as error:
         print(f"ecg-fat {args.command}: error: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -8,7 +8,6 @@ stops every process it started, also on Ctrl-C or failure. Exit code 0 only for 
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Callable
@@ -17,7 +16,7 @@ from pathlib import Path
 
 from certs.make_certs import make_all, node_key_path
 from common.config import FederationConfig, PrepareConfig
-from common.data import MANIFEST, TEST_FILE, prepare, up_to_date
+from common.data import MANIFEST, TEST_FILE, DataError, Manifest, prepare, up_to_date
 from common.metrics import format_table, progress_line
 from ecg_fat.launcher import ControlClient, LauncherError, LocalFederation
 from ecg_fat.report import write_report
@@ -35,7 +34,7 @@ class FederateOptions:
     connect_timeout: float = 180.0
 
 
-def ensure_prepared(options: FederateOptions, cfg: PrepareConfig) -> dict:
+def ensure_prepared(options: FederateOptions, cfg: PrepareConfig) -> Manifest:
     """Reuse `options.data` when it holds data prepared with these settings, intact; else prepare it."""
     manifest = up_to_date(options.data, options.source, cfg)
     if manifest is not None:
@@ -43,10 +42,8 @@ def ensure_prepared(options: FederateOptions, cfg: PrepareConfig) -> dict:
         return manifest
     if options.source is None:
         if (options.data / MANIFEST).exists():
-            raise LauncherError(f"{options.data} was prepared with other settings; pass --mitdb to prepare again")
-        raise LauncherError(
-            f"{options.data / MANIFEST} is missing: pass --mitdb DIR (or --download) to prepare the data"
-        )
+            raise DataError(f"{options.data} was prepared with other settings; pass --mitdb to prepare again")
+        raise DataError(f"{options.data / MANIFEST} is missing: pass --mitdb DIR (or --download) to prepare the data")
     log.info("preparing %d client shards from %s into %s", cfg.clients, options.source, options.data)
     return prepare(options.source, options.data, cfg)
 
@@ -55,27 +52,25 @@ class Progress:
     """Prints the rows that the ServerApp adds to the results directory, as they appear."""
 
     def __init__(self, results: Path) -> None:
-        self.metrics, self.clients = results / "metrics.jsonl", results / "clients.jsonl"
-        self.shown = {self.metrics: 0, self.clients: 0}
+        self.results = Results(results)
+        self.shown = {"metrics": 0, "clients": 0}
 
-    def _new_rows(self, path: Path) -> list[dict]:
-        if not path.exists():
-            return []
-        rows = [json.loads(line) for line in path.read_text().splitlines() if line]
-        if len(rows) < self.shown[path]:  # a resumed run rewrote the file
-            self.shown[path] = 0
-        new, self.shown[path] = rows[self.shown[path] :], len(rows)
+    def _new_rows(self, name: str) -> list[dict]:
+        rows = self.results.read_jsonl(name)
+        if len(rows) < self.shown[name]:  # a resumed run rewrote the file
+            self.shown[name] = 0
+        new, self.shown[name] = rows[self.shown[name] :], len(rows)
         return new
 
     def __call__(self) -> None:
-        for row in self._new_rows(self.clients):
+        for row in self._new_rows("clients"):
             what = (
                 f"{row['num-examples']} windows, loss {row['train-loss']:.4f}"
                 if row["status"] == "ok"
                 else f"FAILED: {row.get('error', '')[:200]}"
             )
             log.info("round %d  node %s  %s", row["round"], row["node_id"], what)
-        for row in self._new_rows(self.metrics):
+        for row in self._new_rows("metrics"):
             log.info("%s", progress_line(row["round"], row["condition"], row))
 
 
@@ -150,7 +145,7 @@ def federate(
 ) -> int:
     """Run the federation; `watch` is called with it at every progress poll (the benchmark samples memory)."""
     manifest = ensure_prepared(options, prepare_cfg)
-    shards = [options.data / name for name in manifest["client_files"]]
+    shards = [options.data / name for name in manifest.client_files]
     certs = options.workdir / "certs"
     make_all(certs, len(shards))
     federation = LocalFederation(options.workdir.resolve(), certs.resolve())

@@ -12,7 +12,7 @@ from common.config import ConfigError, FederationConfig
 from common.data import load_beats
 from common.model import build_model
 from common.runtime import tune_allocator
-from server.evaluation import make_evaluate_fn
+from server.evaluation import make_evaluate_and_record_fn
 from server.results import Results
 from server.strategy import RecordingFedAvg
 
@@ -34,7 +34,7 @@ def main(grid: Grid, context: Context) -> None:
     if not test_path.is_file():
         raise ConfigError(f"run config key 'test-path': {test_path} is not a file")
     results = Results(_required_path(cfg.results_dir, "results-dir"))
-    test = load_beats(test_path).subsample(cfg.max_test_windows or None, cfg.seed)
+    test = load_beats(test_path).subsample(cfg.max_test_windows, cfg.seed)
 
     last = results.start(cfg)
     resumed = last >= 0
@@ -53,7 +53,7 @@ def main(grid: Grid, context: Context) -> None:
         num_rounds=cfg.num_rounds - offset,
         timeout=cfg.round_timeout,
         train_config=ConfigRecord({"seed": cfg.seed}),
-        evaluate_fn=make_evaluate_fn(test, cfg.evaluate, results, offset, resumed),
+        evaluate_fn=make_evaluate_and_record_fn(test, cfg.evaluate, results, offset, resumed),
     )
     final = result.arrays.to_torch_state_dict() if len(result.arrays) else state  # empty: no round ran
     results.save_final({k: v.detach().cpu() for k, v in final.items()})

@@ -13,11 +13,13 @@ from common.model import EcgCnn, pick_device
 from server.results import Results
 
 
-def make_evaluate_fn(
+def make_evaluate_and_record_fn(
     test: Beats, cfg: EvalConfig, results: Results, round_offset: int, resumed: bool
 ) -> Callable[[int, ArrayRecord], MetricRecord | None]:
-    """Flower calls this with round 0 (the initial weights) and after every round. On resume the rounds
-    are shifted by `round_offset`, and round 0 is the checkpoint that the earlier run already evaluated."""
+    """The function Flower calls with round 0 (the initial weights) and after every round: it evaluates the
+    global model, appends the metrics to the results and writes the round's checkpoint (last: a round counts
+    as complete once its checkpoint exists). On resume the rounds are shifted by `round_offset`, and round 0
+    is the checkpoint that the earlier run already evaluated."""
     device = pick_device()
     model = EcgCnn()
 

@@ -11,17 +11,8 @@ import torch
 from common.config import FederationConfig, TrainConfig
 from common.model import build_model
 from common.train import train
-from ecg_fat.bench import (
-    SECTIONS,
-    BenchOptions,
-    Sizes,
-    bench,
-    format_report,
-    library_pool,
-    reference_epoch,
-    run_federation,
-    target_rows,
-)
+from ecg_fat.bench import SECTIONS, BenchOptions, Sizes, bench, format_report, run_federation, target_rows
+from ecg_fat.bench_worker import library_pool, reference_epoch
 from ecg_fat.cli import main
 from tests.conftest import synthetic_beats
 

@@ -38,21 +38,21 @@ def test_ca_and_server_certificate_extensions(tmp_path: Path) -> None:
 
 def test_private_keys_are_0600_and_node_keys_are_p384_openssh(tmp_path: Path) -> None:
     assert main(["--out", str(tmp_path), "--nodes", "2"]) == 0
-    for key in ("ca.key", "server.key", "node-00", "node-01"):
+    for key in ("ca.key", "server.key", "node-00/node", "node-01/node"):
         assert stat.S_IMODE((tmp_path / key).stat().st_mode) == 0o600
-    private = load_ssh_private_key((tmp_path / "node-01").read_bytes(), password=None)
-    public = load_ssh_public_key((tmp_path / "node-01.pub").read_bytes())
+    private = load_ssh_private_key((tmp_path / "node-01" / "node").read_bytes(), password=None)
+    public = load_ssh_public_key((tmp_path / "node-01" / "node.pub").read_bytes())
     assert isinstance(private, ec.EllipticCurvePrivateKey) and private.curve.name == "secp384r1"
     assert public.public_numbers() == private.public_key().public_numbers()
 
 
 def test_rerun_keeps_existing_files(tmp_path: Path) -> None:
     make_all(tmp_path, nodes=1)
-    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    before = {str(p.relative_to(tmp_path)): p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
     make_all(tmp_path, nodes=2)
-    after = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    after = {str(p.relative_to(tmp_path)): p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
     assert all(after[name] == data for name, data in before.items())
-    assert "node-01" in after
+    assert "node-01/node" in after
 
 
 def test_strict_python_tls_client_accepts_the_server(tmp_path: Path) -> None:
@@ -114,7 +114,7 @@ def test_keys_made_anywhere_in_a_repository_never_show_in_git_status(tmp_path: P
         capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
     assert status.splitlines() == ["?? README.md"]
-    assert (repo / "deploy" / "certs" / "node-00").is_file() and (existing / "ca.key").is_file()
+    assert (repo / "deploy" / "certs" / "node-00" / "node").is_file() and (existing / "ca.key").is_file()
 
 
 def test_public_dir_holds_exactly_the_expected_nodes_keys(tmp_path: Path) -> None:
@@ -124,5 +124,5 @@ def test_public_dir_holds_exactly_the_expected_nodes_keys(tmp_path: Path) -> Non
     assert sorted(p.name for p in (out / "public").glob("*.pub")) == [f"node-0{i}.pub" for i in range(4)]
     assert main(["--out", str(out), "--nodes", "2", "--public-dir", str(out / "public")]) == 0
     assert sorted(p.name for p in (out / "public").glob("*.pub")) == ["node-00.pub", "node-01.pub"]
-    assert (out / "public" / "node-01.pub").read_bytes() == (out / "node-01.pub").read_bytes()
+    assert (out / "public" / "node-01.pub").read_bytes() == (out / "node-01" / "node.pub").read_bytes()
     assert not any(p.suffix != ".pub" and p.name != ".gitignore" for p in (out / "public").iterdir())

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -12,10 +11,10 @@ import wfdb
 
 from common.config import PrepareConfig, WindowConfig
 from common.data import (
-    MANIFEST,
     TEST_FILE,
     Beats,
     DataError,
+    Manifest,
     load_beats,
     minmax_scale,
     partition,
@@ -134,18 +133,18 @@ def test_dirichlet_skews_labels_more_with_smaller_alpha() -> None:
 def test_prepare_writes_shards_test_and_manifest(record_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     manifest = prepare(record_dir, out, PrepareConfig(clients=3))
-    written = json.loads((out / MANIFEST).read_text())
+    written = Manifest.read(out)
     assert written == manifest
-    assert written["client_files"] == ["client_00.npz", "client_01.npz", "client_02.npz"]
+    assert written.client_files == ["client_00.npz", "client_01.npz", "client_02.npz"]
     total = 0
-    for name, entry in written["files"].items():
+    for name, entry in written.files.items():
         beats = load_beats(out / name)
         assert beats.x.dtype == np.float32 and beats.x.shape[1:] == (1, 180) and beats.y.dtype == np.int64
-        assert entry["sha256"] == sha256_of(out / name)
-        assert entry["windows"] == len(beats)
-        assert list(entry["class_counts"].values()) == np.bincount(beats.y, minlength=5).tolist()
+        assert entry.sha256 == sha256_of(out / name)
+        assert entry.windows == len(beats)
+        assert list(entry.class_counts.values()) == np.bincount(beats.y, minlength=5).tolist()
         total += len(beats)
-    assert total == written["windows_total"] == sum(written["class_counts"].values())
+    assert total == written.windows_total == sum(written.class_counts.values())
     assert not list(out.glob("*.tmp"))
 
 
@@ -153,7 +152,7 @@ def test_prepare_is_reproducible_with_the_same_seed(record_dir: Path, tmp_path: 
     first = prepare(record_dir, tmp_path / "a", PrepareConfig(clients=3, seed=7))
     second = prepare(record_dir, tmp_path / "b", PrepareConfig(clients=3, seed=7))
     other = prepare(record_dir, tmp_path / "c", PrepareConfig(clients=3, seed=8))
-    hashes = [{k: v["sha256"] for k, v in m["files"].items()} for m in (first, second, other)]
+    hashes = [{k: v.sha256 for k, v in m.files.items()} for m in (first, second, other)]
     assert hashes[0] == hashes[1] != hashes[2]
 
 
@@ -177,9 +176,9 @@ def test_prepare_cli_reports_counts(record_dir: Path, tmp_path: Path, capsys: py
         )
         == 0
     )
-    manifest = json.loads((out / MANIFEST).read_text())
-    assert manifest["settings"]["partition"] == "patient" and manifest["settings"]["lead"] == "MLII"
-    assert f"{manifest['windows_total']} windows" in capsys.readouterr().out
+    manifest = Manifest.read(out)
+    assert manifest.settings.partition == "patient" and manifest.settings.lead == "MLII"
+    assert f"{manifest.windows_total} windows" in capsys.readouterr().out
 
 
 def test_prepare_again_with_the_same_settings_does_nothing(record_dir: Path, tmp_path: Path, caplog) -> None:
@@ -194,11 +193,9 @@ def test_prepare_again_with_the_same_settings_does_nothing(record_dir: Path, tmp
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == stamps
     save_beats(out / "client_01.npz", load_beats(out / "client_00.npz"))  # a damaged file: prepared again
     assert main(args) == 0
-    assert (
-        sha256_of(out / "client_01.npz") == json.loads((out / MANIFEST).read_text())["files"]["client_01.npz"]["sha256"]
-    )
+    assert sha256_of(out / "client_01.npz") == Manifest.read(out).files["client_01.npz"].sha256
     assert main([*args, "--seed", "3"]) == 0  # other settings: prepared again
-    assert json.loads((out / MANIFEST).read_text())["settings"]["seed"] == 3
+    assert Manifest.read(out).settings.seed == 3
 
 
 # ----------------------------------------------------------------------------- bad input
@@ -357,11 +354,11 @@ def test_saved_beats_round_trip(tmp_path: Path) -> None:
 @pytest.mark.realdata
 def test_mitdb_gives_the_papers_window_counts(mitdb: Path, tmp_path: Path) -> None:
     assert main(["prepare", "--mitdb", str(mitdb), "--out", str(tmp_path / "p")]) == 0
-    manifest = json.loads((tmp_path / "p" / MANIFEST).read_text())
-    assert manifest["windows_total"] == 109_468
-    assert manifest["class_counts"] == {"N": 90_608, "S": 2_781, "V": 7_235, "F": 802, "Q": 8_042}
-    assert len(manifest["records"]) == 48
-    assert manifest["files"][TEST_FILE]["windows"] == 21_894
+    manifest = Manifest.read(tmp_path / "p")
+    assert manifest.windows_total == 109_468
+    assert manifest.class_counts == {"N": 90_608, "S": 2_781, "V": 7_235, "F": 802, "Q": 8_042}
+    assert len(manifest.records) == 48
+    assert manifest.files[TEST_FILE].windows == 21_894
 
 
 @pytest.mark.realdata

@@ -90,13 +90,16 @@ def test_each_supernode_mounts_only_its_own_shard_and_key() -> None:
         assert mounts == sorted(
             [
                 "./certs/out/ca.crt:/certs/ca.crt:ro",
-                f"./certs/out/node-{index:02d}:/keys/node:ro",
-                f"./data/prepared/client_{index:02d}.npz:/data/shard.npz:ro",
+                f"./certs/out/node-{index:02d}:/keys:ro",  # its private key only (make_certs: node-NN/node)
+                f"./data/nodes/node-{index:02d}:/data:ro",  # its shard only (prepare --node-dirs)
             ]
         ), name
         assert services[name]["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
+        assert "exec sleep infinity" in services[name]["command"][2]  # no shard (NODES below its number): idle
     cpu = load(ROOT / "docker" / "compose.cpu.yaml")["services"]
     assert set(cpu) == set(nodes) and all(cpu[name]["deploy"] is None for name in nodes)  # `!reset`: no GPU
+    prepare = " ".join(services["prepare"]["command"])
+    assert "--node-dirs /data/nodes" in prepare and "${NODES:+--clients $NODES}" in prepare
 
 
 def test_superlink_is_tls_with_node_auth_and_sees_only_the_test_set() -> None:

@@ -23,7 +23,7 @@ from common.metrics import evaluate, predict
 from common.model import EcgCnn, build_model
 from common.train import train
 from ecg_fat.bench import write_synthetic_records
-from server.evaluation import make_evaluate_fn
+from server.evaluation import make_evaluate_and_record_fn
 from server.results import Results
 from server.strategy import RecordingFedAvg
 from tests.conftest import write_record
@@ -206,7 +206,7 @@ def test_resumed_round_numbers_shift_through_the_evaluation_function(tmp_path: P
     results = Results(tmp_path)
     results.start(FederationConfig())
     cfg = EvalConfig(conditions=("clean",))
-    evaluate_round = make_evaluate_fn(test, cfg, results, round_offset=3, resumed=True)
+    evaluate_round = make_evaluate_and_record_fn(test, cfg, results, round_offset=3, resumed=True)
     state = build_model(1).state_dict()
     assert evaluate_round(0, ArrayRecord(state)) is None  # the checkpoint the earlier run evaluated already
     assert results.read_jsonl("metrics") == [] and results.last_complete_round() is None
@@ -220,7 +220,7 @@ def test_resumed_round_numbers_shift_through_the_evaluation_function(tmp_path: P
 
     fresh = Results(tmp_path / "fresh")
     fresh.start(FederationConfig())
-    make_evaluate_fn(test, cfg, fresh, round_offset=0, resumed=False)(0, ArrayRecord(state))
+    make_evaluate_and_record_fn(test, cfg, fresh, round_offset=0, resumed=False)(0, ArrayRecord(state))
     assert [r["round"] for r in fresh.read_jsonl("metrics")] == [0]  # a new run evaluates its initial weights
 
 

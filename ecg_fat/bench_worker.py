@@ -1,0 +1,120 @@
+"""One measurement of `ecg-fat bench`, in a fresh Python process: `python -m ecg_fat.bench_worker TASK JSON`.
+
+Each task prints its result as JSON on its last line. A fresh process per measurement keeps one
+contender's allocator or thread settings from leaking into the other.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torchattacks
+from torch import nn
+
+from common.attacks import perturb, pgd
+from common.config import EvalConfig, PgdConfig, TrainConfig
+from common.data import Beats, load_beats
+from common.metrics import evaluate
+from common.model import EcgCnn, build_model
+from common.runtime import tune_allocator
+from common.train import seed_everything, to_tensors, train
+
+
+def library_pool() -> nn.Module:
+    return nn.MaxPool1d(2)
+
+
+def reference_epoch(model: nn.Module, beats: Beats, cfg: TrainConfig) -> None:
+    """The plain loop a reader of torchattacks would write: PGD, then one Adam step on concat(x, adv)."""
+    seed_everything(cfg.seed)
+    x, y = to_tensors(beats, torch.device("cpu"))
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    attack = torchattacks.PGD(
+        model, eps=cfg.pgd.eps, alpha=cfg.pgd.alpha, steps=cfg.pgd.steps, random_start=cfg.pgd.random_start
+    )
+    for batch in torch.randperm(len(y)).split(cfg.batch_size):
+        xb, yb = x[batch], y[batch]
+        adversarial = attack(xb, yb)
+        model.train()
+        optimizer.zero_grad()
+        loss = nn.functional.cross_entropy(model(torch.cat([xb, adversarial])), torch.cat([yb, yb]))
+        loss.backward()
+        optimizer.step()
+
+
+def task_train(params: dict) -> dict:
+    shard = load_beats(Path(params["shard"])).subsample(params["train_windows"], 0)
+    test = load_beats(Path(params["test"])).subsample(params["test_windows"], 0)
+    cfg = TrainConfig(epochs=1)
+    started = time.perf_counter()
+    if params["variant"] == "reference":
+        model = build_model(0, pool=library_pool)
+        reference_epoch(model, shard, cfg)
+    else:
+        model = build_model(0)
+        train(model, shard, cfg, torch.device("cpu"))
+    seconds = time.perf_counter() - started
+    if params.get("save"):
+        torch.save(model.state_dict(), params["save"])
+    robust = evaluate(model, test, EvalConfig(conditions=("clean", "pgd")), torch.device("cpu"))
+    return {
+        "windows_per_second": 2 * len(shard) / seconds,  # the optimiser sees clean + adversarial
+        "seconds": seconds,
+        "clean_accuracy": robust["clean"]["accuracy"],
+        "robust_accuracy": robust["pgd"]["accuracy"],
+    }
+
+
+class Bf16Logits(nn.Module):
+    """The model under bf16 autocast, logits back in fp32 (for the attack's loss)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return self.model(x).float()
+
+
+def task_attack(params: dict) -> dict:
+    beats = load_beats(Path(params["test"])).subsample(params["windows"], 0)
+    x, y = to_tensors(beats, torch.device("cpu"))
+    model = build_model(0) if params["pool"] == "pair-max" else build_model(0, pool=library_pool)
+    attacked = Bf16Logits(model) if params["precision"] == "bf16" else model
+    attack = pgd(attacked, PgdConfig())
+    perturb(attack, x[:64], y[:64])  # warm-up
+    started = time.perf_counter()
+    for xb, yb in zip(x.split(64), y.split(64), strict=True):
+        perturb(attack, xb, yb)
+    return {"windows_per_second": len(y) / (time.perf_counter() - started)}
+
+
+def task_evaluate(params: dict) -> dict:
+    test = load_beats(Path(params["test"])).subsample(params["windows"], 0)
+    model = EcgCnn() if params["pool"] == "pair-max" else EcgCnn(pool=library_pool)
+    model.load_state_dict(torch.load(params["model"], weights_only=True))
+    started = time.perf_counter()
+    results = evaluate(model, test, EvalConfig(), torch.device("cpu"))
+    return {
+        "windows": len(test),
+        "seconds": time.perf_counter() - started,
+        "per_condition": {c: round(r["seconds"], 2) for c, r in results.items()},
+        "accuracy": {c: r["accuracy"] for c, r in results.items()},
+    }
+
+
+TASKS: dict[str, Callable[[dict], dict]] = {"train": task_train, "attack": task_attack, "evaluate": task_evaluate}
+
+
+if __name__ == "__main__":
+    task_params = json.loads(sys.argv[2])
+    if task_params["tuned"]:
+        tune_allocator()
+    torch.set_num_threads(task_params["threads"])
+    print(json.dumps(TASKS[sys.argv[1]](task_params)))
