@@ -145,7 +145,7 @@ def find_records(directory: Path) -> list[Path]:
     return records
 
 
-def _lead_index(header: wfdb.Record, lead: int | str, hea: Path) -> int:
+def lead_index(header: wfdb.Record, lead: int | str, hea: Path) -> int:
     if isinstance(lead, int):
         if not 0 <= lead < header.n_sig:
             raise DataError(f"{hea}: lead index {lead} out of range (record has {header.n_sig} signals)")
@@ -173,40 +173,62 @@ def _check_signal_file(header: wfdb.Record, channel: int, dat: Path, hea: Path) 
         )
 
 
-def read_record(record: Path, lead: int | str, window: WindowConfig) -> Beats:
-    """Read one WFDB record (header, signal, .atr annotations) and cut its beat windows."""
-    hea, atr = record.with_suffix(".hea"), record.with_suffix(".atr")
+def read_signal(record: Path, header: wfdb.Record, channel: int) -> np.ndarray:
+    """One signal of a record in physical units, checked: its file is there, of the size the header says,
+    and without missing samples."""
+    hea, dat = record.with_suffix(".hea"), record.parent / header.file_name[channel]
+    if not dat.is_file():
+        raise DataError(f"{dat}: missing (record {record.name} needs it)")
+    _check_signal_file(header, channel, dat, hea)
+    try:
+        signal = wfdb.rdrecord(str(record), channels=[channel]).p_signal[:, 0]
+    except Exception as error:
+        raise DataError(f"{dat}: cannot read the signal ({error})") from error
+    if not np.all(np.isfinite(signal)):
+        raise DataError(f"{dat}: the signal holds missing (NaN) samples")
+    return signal
+
+
+def read_header(record: Path) -> wfdb.Record:
+    """A record's header, checked to be this record's."""
+    hea = record.with_suffix(".hea")
     try:
         header = wfdb.rdheader(str(record))
     except Exception as error:
         raise DataError(f"{hea}: cannot read the header ({error})") from error
     if header.record_name != record.name:
         raise DataError(f"{hea}: the header is of record {header.record_name!r}, not {record.name!r}")
-    if header.fs != SAMPLING_RATE_HZ:
-        raise DataError(f"{hea}: sampling rate {header.fs} Hz, expected {SAMPLING_RATE_HZ} Hz")
-    channel = _lead_index(header, lead, hea)
-    dat = record.parent / header.file_name[channel]
-    for needed in (dat, atr):
-        if not needed.is_file():
-            raise DataError(f"{needed}: missing (record {record.name} needs it)")
-    _check_signal_file(header, channel, dat, hea)
-    try:
-        signal = wfdb.rdrecord(str(record), channels=[channel]).p_signal[:, 0]
-    except Exception as error:
-        raise DataError(f"{dat}: cannot read the signal ({error})") from error
+    return header
+
+
+def read_annotations(record: Path, signal_length: int) -> wfdb.Annotation:
+    """A record's .atr annotations, checked to lie within its signal."""
+    atr = record.with_suffix(".atr")
     try:
         annotation = wfdb.rdann(str(record), "atr")
     except Exception as error:
         raise DataError(f"{atr}: cannot read the annotations ({error})") from error
-    if not np.all(np.isfinite(signal)):
-        raise DataError(f"{dat}: the signal holds missing (NaN) samples")
     # A WFDB annotation file does not carry its record's name; one made for another (longer) record shows
     # as beats beyond this record's end.
-    if len(annotation.sample) and annotation.sample.max() >= len(signal):
+    if len(annotation.sample) and annotation.sample.max() >= signal_length:
         raise DataError(
             f"{atr}: annotations reach sample {annotation.sample.max()}, but record {record.name} has "
-            f"{len(signal)} samples: the .atr belongs to another record"
+            f"{signal_length} samples: the .atr belongs to another record"
         )
+    return annotation
+
+
+def read_record(record: Path, lead: int | str, window: WindowConfig) -> Beats:
+    """Read one WFDB record (header, signal, .atr annotations) and cut its beat windows."""
+    hea, atr = record.with_suffix(".hea"), record.with_suffix(".atr")
+    header = read_header(record)
+    if header.fs != SAMPLING_RATE_HZ:
+        raise DataError(f"{hea}: sampling rate {header.fs} Hz, expected {SAMPLING_RATE_HZ} Hz")
+    channel = lead_index(header, lead, hea)
+    if not atr.is_file():
+        raise DataError(f"{atr}: missing (record {record.name} needs it)")
+    signal = read_signal(record, header, channel)
+    annotation = read_annotations(record, len(signal))
     x, y = window_beats(signal, annotation.sample, annotation.symbol, window)
     return Beats(x, y, np.full(len(y), record.name))
 

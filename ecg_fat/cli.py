@@ -6,7 +6,6 @@ import argparse
 import json
 import logging
 import os
-import pickle
 import shutil
 import sys
 from collections.abc import Callable
@@ -33,9 +32,22 @@ from common.runtime import tune_allocator
 from common.train import EpochStats, train
 from ecg_fat import flags
 from ecg_fat.bench import FULL, QUICK, SECTIONS, BenchError, BenchOptions, bench, format_report
+from ecg_fat.export import export
 from ecg_fat.federate import FederateOptions, default_threads, federate, submit
 from ecg_fat.flags import UsageError
 from ecg_fat.launcher import ControlClient, LauncherError
+from ecg_fat.predict import (
+    EXPORT_MODEL,
+    EXPORT_SETTINGS,
+    Classifier,
+    ModelError,
+    export_settings,
+    predict_record,
+    read_beats,
+    records_at,
+    summary,
+    write_csv,
+)
 from ecg_fat.report import ReportError, write_report
 from server.results import ResultsError
 
@@ -348,15 +360,18 @@ def add_evaluate(commands: argparse._SubParsersAction) -> None:
     parser.set_defaults(run=run_evaluate, evaluate_flags=evaluate_flags)
 
 
-def load_weights(path: Path) -> EcgCnn:
-    if not path.is_file():
-        raise UsageError(f"--model {path}: no such file")
-    model = EcgCnn()
+def load_classifier(path: Path) -> Classifier:
     try:
-        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-    except (RuntimeError, pickle.UnpicklingError, AttributeError, TypeError) as error:
-        raise UsageError(f"--model {path}: not weights of this model ({str(error).splitlines()[0]})") from error
-    return model
+        return Classifier(path)
+    except ModelError as error:
+        raise UsageError(f"--model {error}") from error
+
+
+def load_weights(path: Path) -> EcgCnn:
+    classifier = load_classifier(path)
+    if classifier.exported:
+        raise UsageError(f"--model {path}: an export; evaluate takes the weights it was made from")
+    return classifier.module
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
@@ -405,6 +420,75 @@ def run_report(args: argparse.Namespace) -> int:
             raise UsageError(f"--discussion {args.discussion}: no such file")
         discussion = args.discussion.read_text()
     print(f"report written to {write_report(args.results, args.out, discussion)}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- predict and export
+
+
+def add_predict(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "predict",
+        help="classify every beat of a WFDB record (or a directory of them) with a trained model",
+        description="Read a WFDB record with wfdb, find its beats from its .atr annotations (or, without "
+        "them, with wfdb's XQRS detector), resample it to 360 Hz if it is at another rate, window and scale "
+        "every beat as training did, and write one row per beat (sample, time, predicted AAMI class, class "
+        "probabilities) to --out, with a per-class summary; for annotated records also the agreement "
+        "(confusion matrix, per-class recall).",
+    )
+    parser.add_argument(
+        "--model", type=local_path, required=True, metavar="FILE",
+        help="weights (a run's final_model.pt) or an `ecg-fat export` directory",
+    )  # fmt: skip
+    parser.add_argument(
+        "--record", type=local_path, required=True, metavar="PATH",
+        help="a record (path without extension, or its .hea) or a directory of records",
+    )  # fmt: skip
+    parser.add_argument("--lead", help="signal name or index (default: the export's lead, else 0)")
+    parser.add_argument("--out", type=local_path, metavar="CSV", help="write one row per beat here")
+    parser.set_defaults(run=run_predict)
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    classifier = load_classifier(args.model)
+    lead = PrepareConfig(lead=args.lead if args.lead is not None else export_settings(args.model).get("lead", 0)).lead
+    if args.out and not args.out.parent.is_dir():
+        raise UsageError(f"--out: directory {args.out.parent} does not exist")
+    rows = []
+    for record in records_at(args.record):
+        beats = read_beats(record, lead, PrepareConfig().window)
+        log.info("%s: %d beats from its %s", record, len(beats.samples), beats.source)
+        rows += predict_record(classifier, beats)
+    if args.out:
+        write_csv(args.out, rows)
+        log.info("one row per beat written to %s", args.out)
+    print(summary(rows))
+    return 0
+
+
+def add_export(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "export",
+        help="the model as one TorchScript file that scales raw windows itself, with its settings and provenance",
+        description="Write OUT/model.pt, a TorchScript module that takes raw beat windows (n, 1, 180) and "
+        "returns class logits (it min-max scales each window itself, as training did), and OUT/settings.json: "
+        "the preprocessing (sampling rate, window, scaling, lead), the classes and the run's provenance "
+        "(config, metrics at the last round, code version) when the weights lie in a results directory. "
+        "`ecg-fat predict --model OUT` uses it; so can any program with torch (torch.jit.load).",
+    )
+    parser.add_argument("--model", type=local_path, required=True, metavar="FILE", help="weights (.pt)")
+    parser.add_argument("--out", type=local_path, required=True, metavar="DIR", help="output directory")
+    parser.add_argument("--lead", help="the lead the model was trained on, recorded for predict (default 0)")
+    parser.set_defaults(run=run_export)
+
+
+def run_export(args: argparse.Namespace) -> int:
+    lead = PrepareConfig(lead=args.lead if args.lead is not None else PrepareConfig().lead).lead
+    try:
+        out = export(args.model, args.out, lead, PrepareConfig().window)
+    except ModelError as error:
+        raise UsageError(f"--model {error}") from error
+    print(f"exported to {out}: {EXPORT_MODEL}, {EXPORT_SETTINGS}")
     return 0
 
 
@@ -461,6 +545,8 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     add_submit,
     add_evaluate,
     add_report,
+    add_predict,
+    add_export,
     add_bench,
 ]
 

@@ -59,6 +59,7 @@ def test_every_section_runs_on_synthetic_records_and_reports_its_targets(tmp_pat
     assert "targets:" in text and "torchattacks loop" in text and "4 SuperNodes" in text
 
 
+@pytest.mark.slow  # starts benchmark worker processes
 def test_cli_writes_json_and_names_a_bad_json_path(tmp_path: Path, capsys):
     out = tmp_path / "bench.json"
     assert main(["bench", "--quick", "--only", "attack", "--mitdb", str(tmp_path / "none"),

@@ -1,0 +1,186 @@
+"""`ecg-fat predict`: apply a trained model to a hospital's own WFDB recordings.
+
+A record's beats come from its `.atr` annotations, or, where it has none, from wfdb's XQRS detector. A
+record at another sampling rate is resampled to 360 Hz (`wfdb.processing.resample_sig`, the annotations
+with `resample_ann`) and every beat is windowed and scaled exactly as for training (`common.data`).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import wfdb
+import wfdb.processing
+
+from common.config import AAMI_CLASSES, AAMI_MAP, NUM_CLASSES, SAMPLING_RATE_HZ, WindowConfig
+from common.data import (
+    DataError,
+    find_records,
+    lead_index,
+    minmax_scale,
+    read_annotations,
+    read_header,
+    read_signal,
+    write_atomically,
+)
+from common.metrics import classification_metrics
+from common.model import EcgCnn
+
+log = logging.getLogger("ecg_fat")
+EXPORT_SETTINGS = "settings.json"
+EXPORT_MODEL = "model.pt"
+
+
+class ModelError(ValueError):
+    """A model file that is not this model's weights or export; the message names the file."""
+
+
+@dataclass(frozen=True)
+class RecordBeats:
+    """One record's beat windows, raw (not yet scaled), where they sit, and their annotated class if any."""
+
+    record: str
+    samples: np.ndarray  # beat positions at 360 Hz
+    windows: np.ndarray  # (n, 1, length) float32, unscaled
+    labels: np.ndarray | None  # AAMI class index per beat, from the .atr; None: beats were detected
+    source: str  # "annotations" or "XQRS detector"
+
+
+# ----------------------------------------------------------------------------- the model
+
+
+class Classifier:
+    """Probabilities per beat from raw windows: a state dict (scaled here) or an export (scales itself)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        if path.is_dir():
+            path = path / EXPORT_MODEL
+        if not path.is_file():
+            raise ModelError(f"{self.path}: no such model file or export directory")
+        try:
+            self.module = torch.jit.load(str(path), map_location="cpu")
+            self.exported = True
+        except RuntimeError:  # not TorchScript: a state dict
+            model = EcgCnn()
+            try:
+                model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+            except (RuntimeError, pickle.UnpicklingError, AttributeError, TypeError, ValueError) as error:
+                raise ModelError(f"{path}: not weights of this model ({str(error).splitlines()[0]})") from error
+            self.module, self.exported = model.eval(), False
+
+    def probabilities(self, raw_windows: np.ndarray, batch_size: int = 1024) -> np.ndarray:
+        windows = raw_windows.astype(np.float32) if self.exported else minmax_scale(raw_windows)
+        with torch.inference_mode():
+            logits = [
+                self.module(torch.from_numpy(b)) for b in np.array_split(windows, max(1, len(windows) // batch_size))
+            ]
+        return torch.softmax(torch.cat(logits), dim=1).numpy()
+
+
+def export_settings(path: Path) -> dict:
+    """The settings an export was made with (its lead and window); {} for a state dict."""
+    settings = (path if path.is_dir() else path.parent) / EXPORT_SETTINGS
+    return json.loads(settings.read_text())["preprocessing"] if settings.is_file() else {}
+
+
+# ----------------------------------------------------------------------------- records
+
+
+def read_beats(record: Path, lead: int | str, window: WindowConfig) -> RecordBeats:
+    """A record's beat windows at 360 Hz: around its annotated beats, or around detected QRS complexes."""
+    hea = record.with_suffix(".hea")
+    if not hea.is_file():
+        raise DataError(f"{hea}: no such WFDB record (a .hea header is needed)")
+    header = read_header(record)
+    channel = lead_index(header, lead, hea)
+    signal = read_signal(record, header, channel)
+    annotated = record.with_suffix(".atr").is_file()
+    if annotated:
+        annotation = read_annotations(record, len(signal))
+        keep = np.array([symbol in AAMI_MAP for symbol in annotation.symbol], dtype=bool)
+        samples = np.asarray(annotation.sample)[keep]
+        labels = np.array([AAMI_CLASSES.index(AAMI_MAP[s]) for s, k in zip(annotation.symbol, keep, strict=True) if k])
+    if header.fs != SAMPLING_RATE_HZ:
+        signal, _ = wfdb.processing.resample_sig(signal, header.fs, SAMPLING_RATE_HZ)
+        if annotated:
+            samples = wfdb.processing.resample_ann(samples, header.fs, SAMPLING_RATE_HZ)
+    if not annotated:
+        samples = np.asarray(wfdb.processing.xqrs_detect(signal, SAMPLING_RATE_HZ, verbose=False), dtype=np.int64)
+        labels = None
+    inside = (samples - window.before >= 0) & (samples + window.after <= len(signal))
+    samples = samples[inside]
+    windows = signal[samples[:, None] + np.arange(-window.before, window.after)][:, None, :].astype(np.float32)
+    return RecordBeats(
+        record.name, samples, windows, labels[inside] if annotated else None,
+        "annotations" if annotated else "XQRS detector",
+    )  # fmt: skip
+
+
+def records_at(path: Path) -> list[Path]:
+    """One record (given with or without its extension) or every record of a directory."""
+    if path.is_dir():
+        return find_records(path)
+    record = path.with_suffix("") if path.suffix in (".hea", ".dat", ".atr") else path
+    if not record.with_suffix(".hea").is_file():
+        raise DataError(f"{path}: no such WFDB record or directory of records")
+    return [record]
+
+
+# ----------------------------------------------------------------------------- prediction
+
+
+def predict_record(classifier: Classifier, beats: RecordBeats) -> list[dict]:
+    probabilities = classifier.probabilities(beats.windows) if len(beats.samples) else np.zeros((0, NUM_CLASSES))
+    rows = []
+    for i, sample in enumerate(beats.samples):
+        row = {
+            "record": beats.record,
+            "sample": int(sample),
+            "time_s": round(sample / SAMPLING_RATE_HZ, 3),
+            "predicted": AAMI_CLASSES[int(probabilities[i].argmax())],
+            **{f"p_{c}": round(float(p), 6) for c, p in zip(AAMI_CLASSES, probabilities[i], strict=True)},
+        }
+        if beats.labels is not None:
+            row["annotated"] = AAMI_CLASSES[int(beats.labels[i])]
+        rows.append(row)
+    return rows
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    fields = ["record", "sample", "time_s", "predicted", *(f"p_{c}" for c in AAMI_CLASSES), "annotated"]
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=fields, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_atomically(path, lambda file: file.write(text.getvalue().encode()))
+
+
+def summary(rows: list[dict]) -> str:
+    """Beats per predicted class; where beats are annotated, the agreement (confusion matrix, recall)."""
+    predicted = np.array([AAMI_CLASSES.index(r["predicted"]) for r in rows], dtype=np.int64)
+    counts = np.bincount(predicted, minlength=NUM_CLASSES)
+    lines = [
+        f"{len(rows)} beats; predicted: " + ", ".join(f"{c} {n}" for c, n in zip(AAMI_CLASSES, counts, strict=True))
+    ]
+    annotated = [r for r in rows if "annotated" in r]
+    if annotated:
+        truth = np.array([AAMI_CLASSES.index(r["annotated"]) for r in annotated], dtype=np.int64)
+        guess = np.array([AAMI_CLASSES.index(r["predicted"]) for r in annotated], dtype=np.int64)
+        metrics = classification_metrics(truth, guess)
+        lines.append(f"agreement with the annotations: accuracy {100 * metrics['accuracy']:.2f}%")
+        lines.append("recall: " + ", ".join(f"{c} {100 * r:.1f}%" for c, r in metrics["recall_per_class"].items()))
+        lines.append("confusion (rows: annotated, columns: predicted " + " ".join(AAMI_CLASSES) + "):")
+        lines += [
+            f"  {c}  " + " ".join(f"{n:6d}" for n in row)
+            for c, row in zip(AAMI_CLASSES, metrics["confusion"], strict=True)
+        ]
+    return "\n".join(lines)

@@ -1,0 +1,177 @@
+"""`ecg-fat predict` and `ecg-fat export` on synthetic WFDB records (and, marked realdata, on MIT-BIH 100)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import wfdb
+import wfdb.processing
+
+from common.config import AAMI_CLASSES, AAMI_MAP, PrepareConfig, TrainConfig
+from common.data import minmax_scale, read_record
+from common.model import build_model
+from common.train import train
+from ecg_fat.bench import write_synthetic_records
+from ecg_fat.cli import main
+from ecg_fat.predict import Classifier, read_beats
+from server.results import Results
+
+WINDOW = PrepareConfig().window
+
+
+@pytest.fixture(scope="module")
+def records(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_synthetic_records(tmp_path_factory.mktemp("records"), records=2, beats=200)
+
+
+@pytest.fixture(scope="module")
+def weights(records: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model trained briefly on the records, saved as a run saves it (with the run's config and metrics)."""
+    model = build_model(0)
+    beats = read_record(records / "100", 0, WINDOW)
+    train(model, beats, TrainConfig(epochs=2, lr=3e-3, batch_size=32, adversarial=False), torch.device("cpu"))
+    run = tmp_path_factory.mktemp("run")
+    results = Results(run)
+    from common.config import FederationConfig
+
+    results.start(FederationConfig(num_rounds=1))
+    metric = {"accuracy": 0.9, "precision": 0.8, "recall": 0.7, "f1": 0.75, "seconds": 1.0}
+    results.add_metrics(1, {"clean": metric | {"recall_per_class": dict.fromkeys(AAMI_CLASSES, 0.5)}})
+    torch.save(model.state_dict(), run / "final_model.pt")
+    return run / "final_model.pt"
+
+
+def read_rows(path: Path) -> list[dict]:
+    with path.open() as file:
+        return list(csv.DictReader(file))
+
+
+def test_predicts_every_annotated_beat_as_the_model_does(records: Path, weights: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "beats.csv"
+    assert main(["predict", "--model", str(weights), "--record", str(records / "100"), "--out", str(out)]) == 0
+    rows = read_rows(out)
+    beats = read_record(records / "100", 0, WINDOW)  # the training path: the same windows, scaled
+    assert len(rows) == len(beats)
+    model = build_model(0)
+    model.load_state_dict(torch.load(weights, weights_only=True))
+    with torch.no_grad():
+        expected = torch.softmax(model.eval()(torch.from_numpy(beats.x)), 1).numpy()
+    got = np.array([[float(r[f"p_{c}"]) for c in AAMI_CLASSES] for r in rows])
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    assert [r["predicted"] for r in rows] == [AAMI_CLASSES[i] for i in expected.argmax(1)]
+    assert [r["annotated"] for r in rows] == [AAMI_CLASSES[i] for i in beats.y]
+    first = rows[0]
+    assert float(first["time_s"]) == pytest.approx(int(first["sample"]) / 360, abs=1e-3)
+    printed = capsys.readouterr().out
+    agreement = (np.array([r["predicted"] for r in rows]) == np.array([r["annotated"] for r in rows])).mean()
+    assert f"{len(rows)} beats; predicted: N " in printed
+    assert f"agreement with the annotations: accuracy {100 * agreement:.2f}%" in printed
+    assert "confusion (rows: annotated" in printed
+
+
+def test_without_annotations_the_beats_are_detected(records: Path, weights: Path, tmp_path: Path) -> None:
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for suffix in (".hea", ".dat"):
+        shutil.copy2(records / f"100{suffix}", bare)
+    beats = read_beats(bare / "100", 0, WINDOW)
+    annotated = wfdb.rdann(str(records / "100"), "atr").sample
+    assert beats.source == "XQRS detector" and beats.labels is None
+    assert len(beats.samples) >= 0.5 * len(annotated)  # XQRS is made for real ECG; these are synthetic shapes
+    assert np.abs(beats.samples[:, None] - annotated[None, :]).min(1).max() <= 10  # each on a real beat
+    out = tmp_path / "bare.csv"
+    assert main(["predict", "--model", str(weights), "--record", str(bare), "--out", str(out)]) == 0
+    rows = read_rows(out)
+    assert len(rows) == len(beats.samples) and all(r["annotated"] == "" for r in rows)
+
+
+def test_a_record_at_another_rate_is_resampled_to_360_hz(records: Path, weights: Path, tmp_path: Path) -> None:
+    record = wfdb.rdrecord(str(records / "100"))
+    annotation = wfdb.rdann(str(records / "100"), "atr")
+    signal, _ = wfdb.processing.resample_sig(record.p_signal[:, 0], 360, 250)
+    samples = wfdb.processing.resample_ann(annotation.sample, 360, 250)
+    slow = tmp_path / "slow"
+    slow.mkdir()
+    wfdb.wrsamp("200", fs=250, units=["mV"], sig_name=["MLII"], p_signal=signal[:, None], fmt=["212"],
+                write_dir=str(slow))  # fmt: skip
+    wfdb.wrann("200", "atr", samples, symbol=annotation.symbol, write_dir=str(slow))
+    resampled = read_beats(slow / "200", 0, WINDOW)
+    original = read_beats(records / "100", 0, WINDOW)
+    assert len(resampled.samples) == len(original.samples)
+    assert np.abs(resampled.samples - original.samples).max() <= 2
+    classifier = Classifier(weights)
+    same = classifier.probabilities(resampled.windows).argmax(1) == classifier.probabilities(original.windows).argmax(1)
+    assert same.mean() >= 0.95
+
+
+def test_export_gives_the_state_dicts_outputs_and_carries_its_settings(
+    records: Path, weights: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "export"
+    assert main(["export", "--model", str(weights), "--out", str(out), "--lead", "MLII"]) == 0
+    exported, state = Classifier(out), Classifier(weights)
+    assert exported.exported and not state.exported
+    raw = read_beats(records / "101", 0, WINDOW).windows
+    raw[3] = 0.7  # a flat window scales to zeros in both
+    np.testing.assert_allclose(exported.probabilities(raw), state.probabilities(raw), atol=1e-5)
+    scripted = torch.jit.load(str(out / "model.pt"))  # no ECG-FAT code needed to use it
+    with torch.no_grad():
+        logits = scripted(torch.from_numpy(raw[:4]))
+    torch.testing.assert_close(logits, state.module(torch.from_numpy(minmax_scale(raw[:4]))), atol=1e-5, rtol=0)
+    settings = json.loads((out / "settings.json").read_text())
+    assert settings["classes"] == list(AAMI_CLASSES) and settings["aami_map"] == AAMI_MAP
+    assert settings["preprocessing"]["lead"] == "MLII" and settings["preprocessing"]["sampling_rate_hz"] == 360
+    assert settings["preprocessing"]["window"] == {"before": 90, "after": 90}
+    provenance = settings["provenance"]
+    assert provenance["run_config"]["num-rounds"] == 1 and provenance["last_round"] == 1
+    assert provenance["metrics_last_round"]["clean"]["accuracy"] == 0.9
+    assert provenance["sha256"] and provenance["code_version"].startswith("0.1.0")
+    assert (
+        main(["predict", "--model", str(out), "--record", str(records / "101"), "--out", str(tmp_path / "e.csv")]) == 0
+    )
+    assert (
+        main(["predict", "--model", str(weights), "--record", str(records / "101"), "--out", str(tmp_path / "s.csv")])
+        == 0
+    )
+    assert [r["predicted"] for r in read_rows(tmp_path / "e.csv")] == [
+        r["predicted"] for r in read_rows(tmp_path / "s.csv")
+    ]
+
+
+def test_bad_input_is_one_line_naming_it(records: Path, weights: Path, tmp_path: Path, capsys) -> None:
+    cases = [
+        (["--model", str(weights), "--record", str(tmp_path / "nope")], 1, f"{tmp_path / 'nope'}: no such WFDB record"),
+        (["--model", str(weights), "--record", str(records / "100"), "--lead", "V5"], 1, "no lead named 'V5'"),
+        (["--model", str(weights), "--record", str(records / "100"), "--lead", "3"], 1, "lead index 3 out of range"),
+        (["--model", str(tmp_path / "none.pt"), "--record", str(records / "100")], 2, "--model"),
+    ]
+    other = tmp_path / "other.pt"
+    torch.save(torch.nn.Linear(3, 2).state_dict(), other)
+    cases.append((["--model", str(other), "--record", str(records / "100")], 2, "not weights of this model"))
+    for args, code, message in cases:
+        assert main(["predict", *args]) == code, args
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err
+    export = tmp_path / "export"
+    assert main(["export", "--model", str(weights), "--out", str(export)]) == 0
+    assert main(["export", "--model", str(export), "--out", str(tmp_path / "again")]) == 2
+    assert "an export already" in capsys.readouterr().err
+
+
+@pytest.mark.realdata
+def test_mit_bih_record_100(mitdb: Path, weights: Path, tmp_path: Path) -> None:
+    out = tmp_path / "100.csv"
+    assert main(["predict", "--model", str(weights), "--record", str(mitdb / "100"), "--out", str(out)]) == 0
+    assert len(read_rows(out)) == 2271  # its 2,273 beats of an AAMI class but two too near the record's ends
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for suffix in (".hea", ".dat"):
+        shutil.copy2(mitdb / f"100{suffix}", bare)
+    detected = read_beats(bare / "100", 0, WINDOW)
+    assert abs(len(detected.samples) - 2271) <= 5  # XQRS on real ECG finds every beat
