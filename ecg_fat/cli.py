@@ -419,7 +419,8 @@ def run_report(args: argparse.Namespace) -> int:
         if not args.discussion.is_file():
             raise UsageError(f"--discussion {args.discussion}: no such file")
         discussion = args.discussion.read_text()
-    print(f"report written to {write_report(args.results, args.out, discussion)}")
+    markdown = write_report(args.results, args.out, discussion)
+    print(f"report written to {markdown.with_suffix('.html')} (one self-contained page) and {markdown}")
     return 0
 
 

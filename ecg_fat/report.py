@@ -8,9 +8,14 @@ robust gain per attack.
 
 from __future__ import annotations
 
+import base64
+import html
+import importlib.metadata
 import json
 import os
+import re
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 from matplotlib.figure import Figure  # the object API: files only, no display or global state
@@ -141,6 +146,8 @@ def figure(runs: list[Run], condition: str, path: Path) -> None:
 
 
 def write_report(result_dirs: list[Path], out: Path, discussion: str | None = None) -> Path:
+    """report.md with its figures, and report.html: the same page in one self-contained file (figures
+    embedded) with each run's config and the report's provenance, readable in a browser without a server."""
     runs = [load_run(directory) for directory in result_dirs]
     out.mkdir(parents=True, exist_ok=True)
     # Relative to the report, so that a committed report names its committed runs, not this machine's paths.
@@ -169,5 +176,103 @@ def write_report(result_dirs: list[Path], out: Path, discussion: str | None = No
         figure(runs, condition, out / name)
         parts.append(f"![{CONDITION_NAMES[condition]}]({name})")
     path = out / "report.md"
-    path.write_text("\n".join(parts) + "\n")
+    markdown = "\n".join(parts) + "\n"
+    path.write_text(markdown)
+    configs = {run.name: _config_text(directory) for run, directory in zip(runs, result_dirs, strict=True)}
+    (out / "report.html").write_text(html_page(markdown, out, configs))
     return path
+
+
+def _config_text(directory: Path) -> str:
+    config = directory / "config.json"
+    return config.read_text() if config.is_file() else "(no config.json)"
+
+
+# ----------------------------------------------------------------------------- the HTML page
+
+_INLINE = [
+    (re.compile(r"`([^`]+)`"), r"<code>\1</code>"),
+    (re.compile(r"\*\*([^*]+)\*\*"), r"<strong>\1</strong>"),
+    (re.compile(r"\[([^\]]+)\]\(([^)]+)\)"), r'<a href="\2">\1</a>'),
+]
+STYLE = """
+body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em; color: #222; }
+table { border-collapse: collapse; margin: 0.5em 0 1.5em; }
+th, td { border: 1px solid #bbb; padding: 0.25em 0.6em; text-align: right; }
+th:first-child, td:first-child { text-align: left; }
+th { background: #eef; }
+img { max-width: 100%; border: 1px solid #ddd; margin: 0.5em 0; }
+pre { background: #f6f6f6; padding: 0.8em; overflow-x: auto; }
+"""
+
+
+def _inline(text: str) -> str:
+    text = html.escape(text, quote=False)
+    for pattern, replacement in _INLINE:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+def _cells(line: str) -> list[str]:
+    return [cell.strip() for cell in line.strip().strip("|").split("|")]
+
+
+def _image(alt: str, file: Path) -> str:
+    data = base64.b64encode(file.read_bytes()).decode() if file.is_file() else ""
+    return f'<figure><img alt="{html.escape(alt)}" src="data:image/png;base64,{data}"></figure>'
+
+
+def markdown_to_html(markdown: str, images: Path) -> str:
+    """The Markdown this module writes (headings, tables, lists, images, paragraphs; code, bold and links
+    inside), as HTML; images from `images` are embedded, so the page stands alone."""
+    out: list[str] = []
+    lines = markdown.splitlines()
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        if not line.strip():
+            i += 1
+        elif heading := re.match(r"^(#{1,4}) (.*)$", line):
+            level = len(heading.group(1))
+            out.append(f"<h{level}>{_inline(heading.group(2))}</h{level}>")
+            i += 1
+        elif image := re.match(r"^!\[([^\]]*)\]\(([^)]+)\)$", line.strip()):
+            out.append(_image(image.group(1), images / image.group(2)))
+            i += 1
+        elif line.startswith("|"):
+            rows = []
+            while i < len(lines) and lines[i].startswith("|"):
+                if not re.match(r"^\|(-+\|)+$", lines[i].replace(" ", "")):
+                    rows.append(_cells(lines[i]))
+                i += 1
+            head = "".join(f"<th>{_inline(c)}</th>" for c in rows[0])
+            body = "".join("<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in row) + "</tr>" for row in rows[1:])
+            out.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+        elif line.startswith("- "):
+            items = []
+            while i < len(lines) and lines[i].startswith("- "):
+                items.append(f"<li>{_inline(lines[i][2:])}</li>")
+                i += 1
+            out.append("<ul>" + "".join(items) + "</ul>")
+        else:
+            paragraph = []
+            while i < len(lines) and lines[i].strip() and not re.match(r"^(#|\||- |!\[)", lines[i]):
+                paragraph.append(lines[i])
+                i += 1
+            out.append(f"<p>{_inline(' '.join(paragraph))}</p>")
+    return "\n".join(out)
+
+
+def html_page(markdown: str, images: Path, configs: dict[str, str]) -> str:
+    runs = "".join(
+        f"<details><summary>{html.escape(name)}: config.json</summary><pre>{html.escape(text)}</pre></details>"
+        for name, text in configs.items()
+    )
+    made = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    version = importlib.metadata.version("ecg-fat")
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>ECG-FAT results</title>'
+        f"<style>{STYLE}</style></head><body>\n{markdown_to_html(markdown, images)}\n"
+        f"<h2>Runs: configuration and provenance</h2>{runs}"
+        f"<p>Made by ecg-fat {html.escape(version)} (<code>ecg-fat report</code>) on {made}.</p>\n</body></html>\n"
+    )

@@ -81,6 +81,10 @@ def test_without_docker(checkout: Path) -> None:
     assert metric_rounds(results) == [(r, c) for r in (0, 1, 2) for c in CONDITIONS]
     assert (results / "final_model.pt").is_file() and (results / "report" / "report.md").is_file()
     assert (checkout / ".ecg-fat" / "certs" / "ca.crt").is_file()  # the default workdir, in the repository root
+    rows = (results / "100.csv").read_text().splitlines()  # the model applied to record 100
+    assert rows[0].startswith("record,sample,time_s,predicted") and len(rows) == 1 + 2271
+    assert (results / "export" / "model.pt").is_file() and (results / "export" / "settings.json").is_file()
+    assert "<table>" in (results / "page" / "report.html").read_text()
 
 
 @pytest.fixture(scope="module")

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
 from pathlib import Path
 
+import matplotlib.image as plt_image
 import pytest
 
 from common.config import CONDITIONS, FederationConfig
@@ -87,3 +91,30 @@ def test_report_names_a_missing_discussion_file(runs: list[Path], tmp_path: Path
     missing = tmp_path / "nope.md"
     assert main(["report", *map(str, runs), "--out", str(tmp_path / "rep"), "--discussion", str(missing)]) == 2
     assert f"--discussion {missing}: no such file" in capsys.readouterr().err
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def test_the_html_page_stands_alone_and_shows_tables_and_figures_in_a_browser(runs: list[Path], tmp_path: Path) -> None:
+    """Opened from disk in headless Chromium (Debian's package; CI installs it): every table and figure is there."""
+    if CHROMIUM is None:
+        if os.environ.get("ECG_FAT_BROWSER") == "1":
+            pytest.fail("ECG_FAT_BROWSER=1 but no chromium on PATH")
+        pytest.skip("no chromium on PATH (Debian: apt-get install chromium); CI installs it")
+    assert main(["report", *map(str, runs), "--out", str(tmp_path / "rep")]) == 0
+    page = tmp_path / "rep" / "report.html"
+    alone = tmp_path / "alone" / "report.html"  # moved away from its PNGs: it must not need them
+    alone.parent.mkdir()
+    page.rename(alone)
+    browser = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars"]
+    dom = subprocess.run([*browser, "--dump-dom", alone.as_uri()], capture_output=True, text=True, timeout=180).stdout
+    assert dom.count("<table") == 4 + len(runs)  # Tables 2-5 and one per-class recall table per run
+    assert dom.count("<img") == len(CONDITIONS) and dom.count('src="data:image/png;base64,iVBORw0KGgo') == 5
+    assert "97.00" in dom and "Clean-accuracy cost of FAT" in dom and '"adversarial": false' in dom
+    shot = tmp_path / "shot.png"
+    subprocess.run([*browser, f"--screenshot={shot}", "--window-size=1200,7000", alone.as_uri()], timeout=180)
+    pixels = (plt_image.imread(shot)[..., :3] * 255).astype(int)
+    # matplotlib's first two line colours (C0 blue, C1 orange): the figures were drawn on the page
+    for colour in ((31, 119, 180), (255, 127, 14)):
+        assert (abs(pixels - colour).sum(-1) < 30).sum() > 500, colour
