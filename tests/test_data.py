@@ -116,6 +116,30 @@ def test_patient_shards_keep_records_whole() -> None:
             assert a.isdisjoint(b)
 
 
+def test_patient_shards_are_balanced_greedily_and_seeded() -> None:
+    """Largest record first onto the lightest shard: 12 records of 30..140 windows in 4 shards of 240..270
+    (a random assignment spreads far wider); as many records as clients is enough, one fewer is refused."""
+    sizes = list(range(30, 150, 10))
+    names = np.concatenate([np.full(n, f"r{i:02d}") for i, n in enumerate(sizes)])
+    beats = Beats(np.zeros((len(names), 1, 180), np.float32), np.zeros(len(names), np.int64), names)
+    shards = partition(beats, PrepareConfig(clients=4, partition="patient"))
+    assert sorted(len(s) for s in shards) == [240, 250, 260, 270]
+    again = partition(beats, PrepareConfig(clients=4, partition="patient"))
+    assert all(np.array_equal(a, b) for a, b in zip(shards, again, strict=True))
+    one_each = partition(beats, PrepareConfig(clients=12, partition="patient"))
+    assert sorted(len(s) for s in one_each) == sizes
+    with pytest.raises(DataError, match="12 record"):
+        partition(beats, PrepareConfig(clients=13, partition="patient"))
+
+
+def test_dirichlet_never_leaves_a_client_empty() -> None:
+    """With a tiny alpha most draws leave some client without windows: those draws are redrawn."""
+    beats = synthetic_beats(200)
+    for seed in range(5):
+        shards = partition(beats, PrepareConfig(clients=8, partition="dirichlet", alpha=0.05, seed=seed))
+        assert all(len(shard) > 0 for shard in shards)
+
+
 def test_dirichlet_skews_labels_more_with_smaller_alpha() -> None:
     beats = synthetic_beats(3000)
 

@@ -19,7 +19,7 @@ from client.app import local_seed, train_round
 from common.attacks import build_attacks, perturb
 from common.config import CONDITIONS, AttackSuite, EvalConfig, FederationConfig, PrepareConfig, TrainConfig
 from common.data import Beats, load_beats, partition, prepare, read_record, save_beats
-from common.metrics import evaluate, predict
+from common.metrics import evaluate, format_table, predict, progress_line
 from common.model import EcgCnn, build_model
 from common.train import train
 from ecg_fat.bench import write_synthetic_records
@@ -266,3 +266,97 @@ def test_a_shard_with_a_non_finite_window_is_refused(tmp_path: Path, bad: float)
     np.savez(tmp_path / "shard.npz", x=x, y=np.zeros(4, np.int64))
     with pytest.raises(DataError, match="NaN or infinite"):
         load_beats(tmp_path / "shard.npz")
+
+
+def test_strategy_records_failures_and_shifts_rounds_on_resume(tmp_path: Path, task_identity) -> None:
+    """A resumed run (3 rounds checkpointed) numbers on from 4; a node that failed is recorded with Flower's
+    reason, one that never answered as 'no reply', and an error Flower reports from the SuperLink's own id
+    (a node that died) is given to a sampled node that did not answer."""
+    from flwr.app import Error
+
+    cfg = FederationConfig(num_nodes=3, nodes_per_round=3)
+    results = Results(tmp_path)
+    results.start(cfg)
+    strategy = RecordingFedAvg(cfg, results, round_offset=3)
+    zeros = {k: torch.zeros_like(v) for k, v in EcgCnn().state_dict().items()}
+    messages = list(strategy.configure_train(1, ArrayRecord(zeros), ConfigRecord({}), FakeGrid([11, 12, 13])))
+    assert sorted(m.metadata.dst_node_id for m in messages) == [11, 12, 13]  # 3 of 3: all sampled
+    assert {m.content["config"]["server-round"] for m in messages} == {4}
+    by_node = {m.metadata.dst_node_id: m for m in messages}
+    metrics = MetricRecord({"num-examples": 5, "train-loss": 0.5, "train-accuracy": 0.5, "train-seconds": 1.0})
+    ok = Message(RecordDict({"arrays": ArrayRecord(zeros), "metrics": metrics}), reply_to=by_node[11])
+    failed = Message(Error(code=0, reason="shard.npz: labels must lie in 0..4"), reply_to=by_node[12])
+    strategy.aggregate_train(1, [ok, failed])
+    rows = {row["node_id"]: row for row in results.read_jsonl("clients")}
+    assert rows[11]["round"] == 4 and rows[11]["status"] == "ok" and rows[11]["num-examples"] == 5
+    assert (rows[12]["status"], rows[12]["error"]) == ("failed", "shard.npz: labels must lie in 0..4")
+    assert (rows[13]["status"], rows[13]["error"]) == ("failed", "no reply")
+
+    strategy.configure_train(2, ArrayRecord(zeros), ConfigRecord({}), FakeGrid([11, 12, 13]))
+    lost = Message(Error(code=0, reason="node 13 lost"), reply_to=by_node[13])
+    lost.metadata.__dict__["_src_node_id"] = 1  # as Flower reports a dead node: from the SuperLink's id
+    strategy.aggregate_train(2, [lost])
+    round_5 = [row for row in results.read_jsonl("clients") if row["round"] == 5]
+    assert sorted(row["error"] for row in round_5) == ["no reply", "no reply", "node 13 lost"]
+
+
+def test_central_evaluation_only_and_a_node_count_the_fraction_rounds_down() -> None:
+    """No federated evaluation is sent to nodes, and 2 of 3 nodes are sampled (int(3 * 2/3) would give 1)."""
+    strategy = RecordingFedAvg(FederationConfig(num_nodes=3, nodes_per_round=2), Results(Path("unused")))
+    assert strategy.configure_evaluate(1, ArrayRecord({}), ConfigRecord({}), FakeGrid([1, 2, 3])) == []
+    random.seed(0)
+    assert strategy.min_train_nodes == 2 and strategy.fraction_evaluate == 0.0
+
+
+def test_two_of_three_nodes_are_sampled(tmp_path: Path, task_identity) -> None:
+    cfg = FederationConfig(num_nodes=3, nodes_per_round=2)
+    strategy = RecordingFedAvg(cfg, Results(tmp_path))
+    zeros = {k: torch.zeros_like(v) for k, v in EcgCnn().state_dict().items()}
+    sample = list(strategy.configure_train(1, ArrayRecord(zeros), ConfigRecord({}), FakeGrid([1, 2, 3])))
+    assert len(sample) == 2
+
+
+def test_evaluation_prints_a_progress_line_per_condition(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    rng = np.random.default_rng(1)
+    test = Beats(rng.random((8, 1, 180), dtype=np.float32), rng.integers(0, 5, 8), np.full(8, "r"))
+    results = Results(tmp_path)
+    results.start(FederationConfig())
+    cfg = EvalConfig(conditions=("clean", "fgsm"))
+    make_evaluate_and_record_fn(test, cfg, results, round_offset=2, resumed=False)(
+        1, ArrayRecord(EcgCnn().state_dict())
+    )
+    lines = capsys.readouterr().out.splitlines()
+    rows = {row["condition"]: row for row in results.read_jsonl("metrics")}
+    assert lines == [progress_line(3, c, rows[c]) for c in ("clean", "fgsm")]
+
+
+def test_progress_line_and_table_show_the_metrics_in_percent() -> None:
+    m = {"accuracy": 0.97471, "precision": 0.9, "recall": 0.76154, "f1": 0.8179, "seconds": 12.34}
+    assert progress_line(10, "pgd", m) == "round 10 pgd   acc  97.47  prec  90.00  rec  76.15  f1  81.79  (12.3 s)"
+    assert format_table({"clean": m, "cw": m | {"accuracy": 0.3423}}).splitlines() == [
+        "condition   accuracy  precision   recall      f1  seconds",
+        "clean          97.47      90.00    76.15   81.79     12.3",
+        "cw             34.23      90.00    76.15   81.79     12.3",
+    ]
+
+
+def test_a_checkpoint_that_is_not_plain_tensors_is_refused(tmp_path: Path) -> None:
+    """Checkpoints are loaded without unpickling code: a file that carries objects is refused."""
+    results = Results(tmp_path)
+    results.checkpoints.mkdir(parents=True)
+    torch.save({"weights": torch.zeros(2), "payload": Path("/etc/passwd")}, results.checkpoint_path(3))
+    with pytest.raises(Exception, match=r"Weights only load failed|Unsupported global"):
+        results.load_checkpoint(3)
+
+
+def test_the_gpu_is_used_where_there_is_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    from common.model import pick_device
+
+    assert pick_device() == torch.device("cpu") or torch.cuda.is_available()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert pick_device() == torch.device("cuda")
+
+
+def test_a_lead_given_as_a_number_in_text_is_a_signal_index() -> None:
+    assert PrepareConfig(lead="1").lead == 1 and PrepareConfig(lead="MLII").lead == "MLII"
+    assert isinstance(PrepareConfig(lead="0").lead, int)
