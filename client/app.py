@@ -12,6 +12,7 @@ import torch
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from client.poison import poisoned
 from common.config import FederationConfig, NodeConfig
 from common.data import Beats, load_beats, read_records
 from common.model import EcgCnn, pick_device
@@ -43,8 +44,9 @@ def train_round(msg: Message, context: Context) -> Message:
     seed = local_seed(cfg.train.seed, server_round, context.node_id)
     beats = load_local_data(node).subsample(cfg.max_train_windows, seed)
 
+    sent = msg.content["arrays"].to_torch_state_dict()
     model = EcgCnn()
-    model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+    model.load_state_dict(sent)
     history = train(model, beats, cfg.train.model_copy(update={"seed": seed}), pick_device())
     last = history[-1]
     print(
@@ -54,11 +56,12 @@ def train_round(msg: Message, context: Context) -> Message:
     )
     metrics = MetricRecord(
         {
-            "num-examples": len(beats),
+            "num-examples": node.claim_examples or len(beats),
             "train-loss": last.loss,
             "train-accuracy": last.accuracy,
             "train-seconds": sum(h.seconds for h in history),
         }
     )
-    content = RecordDict({"arrays": ArrayRecord(model.state_dict()), "metrics": metrics})
+    weights = poisoned({k: v.detach().cpu() for k, v in model.state_dict().items()}, sent, node)
+    content = RecordDict({"arrays": ArrayRecord(weights), "metrics": metrics})
     return Message(content=content, reply_to=msg)

@@ -227,6 +227,27 @@ class EvalConfig(_Settings):
         return self
 
 
+class DefenceConfig(_Settings):
+    """What the ServerApp does against a broken or malicious node's update (issue: the trust boundary).
+
+    Every reply is checked before aggregation (when `validate-updates`): exactly the global model's keys, shapes and
+    dtypes, only finite values, an integer num-examples in 1..max-examples, and an update (reply minus the
+    global model) whose L2 norm is at most `norm-factor` times the round's median. A reply that fails is
+    dropped and recorded with its reason. The aggregation is one of Flower's strategies.
+    """
+
+    validate_updates: bool = Field(True, description="check every update before aggregation (off: what FedAvg gets)")
+    max_examples: int = Field(1_000_000, ge=1, description="the most training windows a reply may claim")
+    norm_factor: float = Field(
+        10.0, gt=1.0, description="reject an update whose norm exceeds this times the round's median update norm"
+    )
+    aggregation: Literal["fedavg", "median", "trimmed-mean", "krum", "bulyan"] = Field(
+        "fedavg", description="Flower's FedAvg, FedMedian, FedTrimmedAvg, Krum or Bulyan"
+    )
+    trim_fraction: float = Field(0.2, ge=0.0, lt=0.5, description="trimmed-mean: share cut at each end")
+    assumed_malicious: int = Field(1, ge=0, description="krum and bulyan: the malicious nodes to tolerate")
+
+
 class FederationConfig(_Settings):
     """The Flower run config: `[tool.flwr.app.config]` in pyproject.toml holds exactly these defaults."""
 
@@ -242,6 +263,7 @@ class FederationConfig(_Settings):
     resume: bool = False
     train: TrainConfig = TrainConfig()
     evaluate: EvalConfig = EvalConfig()
+    defence: DefenceConfig = DefenceConfig()
 
     @model_validator(mode="before")
     @classmethod
@@ -258,6 +280,14 @@ class FederationConfig(_Settings):
     def _sample_fits(self) -> FederationConfig:
         if self.nodes_per_round > self.num_nodes:
             raise ValueError(f"nodes-per-round ({self.nodes_per_round}) exceeds num-nodes ({self.num_nodes})")
+        # Bulyan needs 4f + 3 updates a round, Krum 2f + 3 (Flower's checks), f = defence.assumed-malicious.
+        needed = {"bulyan": 4, "krum": 2}.get(self.defence.aggregation)
+        if needed and self.nodes_per_round < needed * self.defence.assumed_malicious + 3:
+            raise ValueError(
+                f"defence.aggregation {self.defence.aggregation} with defence.assumed-malicious "
+                f"{self.defence.assumed_malicious} needs nodes-per-round >= "
+                f"{needed * self.defence.assumed_malicious + 3} (got {self.nodes_per_round})"
+            )
         return self
 
     @classmethod
@@ -281,6 +311,11 @@ class NodeConfig(_Settings):
     data_path: Path = Field(description="a prepared shard (.npz) or a directory of WFDB records")
     lead: int | str = 0
     threads: int = Field(0, ge=0, description="torch threads for local training; 0: torch's default")
+    # A malicious or broken participant, for experiments and tests of the server's defences: what this node
+    # does to its update after training, and the num-examples it claims (0: the true count).
+    poison: Literal["none", "scale", "sign-flip", "nan", "inf", "wrong-keys", "wrong-shape", "wrong-dtype"] = "none"
+    poison_scale: float = Field(1e6, description="scale: update = scale x (trained - global)")
+    claim_examples: int = Field(0, description="num-examples to claim instead of the true count (0: the truth)")
 
     _lead_index = field_validator("lead", mode="before")(staticmethod(_lead))
 

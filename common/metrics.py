@@ -34,9 +34,13 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict:
 
 
 def predict(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """Predicted classes; non-finite logits are an error, never a class (argmax of NaN is class 0)."""
     model.eval()
     with torch.inference_mode():
-        return torch.cat([model(batch).argmax(1) for batch in x.split(batch_size)])
+        logits = torch.cat([model(batch) for batch in x.split(batch_size)])
+    if not torch.isfinite(logits).all():
+        raise ValueError("the model gives non-finite logits: its predictions cannot be scored")
+    return logits.argmax(1)
 
 
 def evaluate(

@@ -186,6 +186,9 @@ def add_run_flags(
     parser.add_argument("--resume", action="store_true", help="continue the run in --results from its last checkpoint")
     run_flags = [*flags.FEDERATION, *flags.TRAINING]
     flags.add(parser, FederationConfig, run_flags)
+    defence = parser.add_argument_group("defence", "what the server does against a broken or malicious update")
+    flags.add(defence, FederationConfig, flags.DEFENCE)
+    run_flags += flags.DEFENCE
     return run_flags + add_attack_flags(parser, with_conditions=False)  # a federated run evaluates all five
 
 

@@ -75,6 +75,14 @@ FEDERATION = [
     _flag("--local-epochs", "train.epochs"),
     _flag("--round-timeout", "round-timeout"),
 ]
+DEFENCE = [
+    _flag("--aggregation", "defence.aggregation"),
+    _flag("--validate-updates", "defence.validate-updates"),
+    _flag("--max-examples", "defence.max-examples"),
+    _flag("--norm-factor", "defence.norm-factor"),
+    _flag("--trim-fraction", "defence.trim-fraction"),
+    _flag("--assumed-malicious", "defence.assumed-malicious"),
+]
 LOCAL_EPOCHS = _flag("--epochs", "train.epochs", help="epochs")
 
 

@@ -14,7 +14,7 @@ from common.model import build_model
 from common.runtime import tune_allocator
 from server.evaluation import make_evaluate_and_record_fn
 from server.results import Results
-from server.strategy import RecordingFedAvg
+from server.strategy import make_strategy
 
 app = ServerApp()
 
@@ -46,7 +46,7 @@ def main(grid: Grid, context: Context) -> None:
     offset = last if resumed else 0
     random.seed(cfg.seed + offset)  # Flower samples the nodes with `random`
 
-    strategy = RecordingFedAvg(cfg, results, round_offset=offset)
+    strategy = make_strategy(cfg, results, round_offset=offset)
     result = strategy.start(
         grid=grid,
         initial_arrays=ArrayRecord(state),

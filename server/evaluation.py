@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import torch
 from flwr.app import ArrayRecord, MetricRecord
 
 from common.config import EvalConfig
@@ -11,6 +12,10 @@ from common.data import Beats
 from common.metrics import evaluate, progress_line
 from common.model import EcgCnn, pick_device
 from server.results import Results
+
+
+class NonFiniteModel(RuntimeError):
+    """The global model has NaN or infinite weights: nothing it predicts may be reported."""
 
 
 def make_evaluate_and_record_fn(
@@ -28,6 +33,12 @@ def make_evaluate_and_record_fn(
             return None
         real_round = server_round + round_offset
         state = arrays.to_torch_state_dict()
+        broken = [name for name, tensor in state.items() if not torch.isfinite(tensor).all()]
+        if broken:  # a NaN model predicts class 0 (N, the majority) everywhere: it must never be scored
+            raise NonFiniteModel(
+                f"round {real_round}: the global model holds non-finite values in {', '.join(broken)}; "
+                "the run stops here (defence.validate-updates keeps such updates out)"
+            )
         model.load_state_dict(state)
         metrics = evaluate(
             model, test, cfg, device, on_condition=lambda c, m: print(progress_line(real_round, c, m), flush=True)

@@ -1,41 +1,50 @@
-"""Flower's FedAvg, recording each sampled node's training reply (or failure) per round.
+"""One of Flower's strategies (FedAvg, FedMedian, FedTrimmedAvg, Krum, Bulyan), with the replies checked
+before they are aggregated and each sampled node's reply recorded per round.
 
-The only additions to FedAvg are bookkeeping: the per-client rows, and a round offset so that a
-resumed run numbers its rounds on from the checkpoint it continues from.
+The additions to Flower's strategy are the checks (server/validation.py: a reply that fails is dropped and
+recorded as `rejected` with its reason; a round without a valid reply keeps the previous model), the
+per-client rows, and a round offset so that a resumed run numbers its rounds on from its checkpoint.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
+import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import FedAvg
+from flwr.serverapp.strategy import Bulyan, FedAvg, FedMedian, FedTrimmedAvg, Krum
 
 from common.config import FederationConfig
 from server.results import Results
+from server.validation import check_reply, outsized, update_norm
 
 
-class RecordingFedAvg(FedAvg):
-    def __init__(self, cfg: FederationConfig, results: Results, round_offset: int = 0) -> None:
+class GuardedStrategy:
+    """Mixed in before a Flower strategy class (see `make_strategy`)."""
+
+    def __init__(self, cfg: FederationConfig, results: Results, round_offset: int = 0, **strategy: Any) -> None:
         # Sample `nodes-per-round` of the connected nodes; once that many are connected a round can start,
         # so a node that dies leaves the run going on with the others.
-        super().__init__(
+        super().__init__(  # type: ignore[call-arg]
             fraction_train=cfg.nodes_per_round / cfg.num_nodes,
             fraction_evaluate=0.0,  # evaluation is central, on the server's test set
             min_train_nodes=cfg.nodes_per_round,
             min_evaluate_nodes=0,
             min_available_nodes=cfg.nodes_per_round,
             weighted_by_key="num-examples",
+            **strategy,
         )
-        self.results = results
-        self.round_offset = round_offset
+        self.cfg, self.results, self.round_offset = cfg, results, round_offset
         self.sampled: list[int] = []
+        self.global_arrays: dict[str, np.ndarray] = {}
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        messages = list(super().configure_train(server_round + self.round_offset, arrays, config, grid))
+        self.global_arrays = {name: array.numpy() for name, array in arrays.items()}
+        messages = list(super().configure_train(server_round + self.round_offset, arrays, config, grid))  # type: ignore[misc]
         self.sampled = [message.metadata.dst_node_id for message in messages]
         return messages
 
@@ -46,17 +55,52 @@ class RecordingFedAvg(FedAvg):
         real_round = server_round + self.round_offset
         updates = {r.metadata.src_node_id: r for r in replies if not r.has_error()}
         errors = {r.metadata.src_node_id: r.error.reason for r in replies if r.has_error()}
+        rejected = self._reject(updates) if self.cfg.defence.validate_updates else {}
+        accepted = {node: reply for node, reply in updates.items() if node not in rejected}
         # A node that died answers nothing; the SuperLink's error for it comes from the SuperLink's id.
         unattributed = [reason for node, reason in errors.items() if node not in self.sampled]
         rows = []
         for node in self.sampled:
             row: dict = {"round": real_round, "node_id": node}
-            if node in updates:
-                row |= {"status": "ok", **dict(updates[node].content["metrics"])}
+            if node in accepted:
+                row |= {"status": "ok", **dict(accepted[node].content["metrics"])}
+            elif node in rejected:
+                row |= {"status": "rejected", "error": rejected[node]}
             else:
                 reason = errors.get(node) or (unattributed.pop(0) if unattributed else "no reply")
                 row |= {"status": "failed", "error": reason}
             rows.append(row)
         self.results.add_clients(rows)
-        print(f"round {real_round}: {len(updates)} of {len(rows)} sampled nodes replied with an update", flush=True)
-        return super().aggregate_train(real_round, replies)
+        print(
+            f"round {real_round}: {len(accepted)} of {len(rows)} sampled nodes replied with a valid update"
+            + (f" ({len(rejected)} rejected)" if rejected else ""),
+            flush=True,
+        )
+        if not accepted:  # Flower's strategies then return no arrays: the previous global model stays
+            print(f"round {real_round}: no valid update; the global model stays as it was", flush=True)
+        return super().aggregate_train(real_round, list(accepted.values()))  # type: ignore[misc]
+
+    def _reject(self, updates: dict[int, Message]) -> dict[int, str]:
+        """Why each malformed or outsized update is refused, by node."""
+        rejected = {}
+        for node, reply in updates.items():
+            if reason := check_reply(reply, self.global_arrays, self.cfg.defence):
+                rejected[node] = reason
+        norms = {
+            node: update_norm(reply, self.global_arrays) for node, reply in updates.items() if node not in rejected
+        }
+        return rejected | outsized(norms, self.cfg.defence)
+
+
+def make_strategy(cfg: FederationConfig, results: Results, round_offset: int = 0) -> GuardedStrategy:
+    """The aggregation the run config names, guarded and recording."""
+    defence = cfg.defence
+    base, options = {
+        "fedavg": (FedAvg, {}),
+        "median": (FedMedian, {}),
+        "trimmed-mean": (FedTrimmedAvg, {"beta": defence.trim_fraction}),
+        "krum": (Krum, {"num_malicious_nodes": defence.assumed_malicious}),
+        "bulyan": (Bulyan, {"num_malicious_nodes": defence.assumed_malicious}),
+    }[defence.aggregation]
+    guarded = type(f"Guarded{base.__name__}", (GuardedStrategy, base), {})
+    return guarded(cfg, results, round_offset, **options)

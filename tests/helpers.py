@@ -29,3 +29,13 @@ def key_files_in_image(client, image: str) -> str:
     pattern = [part for name in KEY_NAMES for part in ("-o", "-name", name)][1:]
     found = client.containers.run(image, ["find", "/", "-xdev", "(", *pattern, ")", "-print"], user="root", remove=True)
     return found.decode().strip()
+
+
+class FakeGrid:
+    """The part of Flower's Grid a strategy uses to sample: the connected nodes' ids."""
+
+    def __init__(self, nodes: list[int]) -> None:
+        self.nodes = nodes
+
+    def get_node_ids(self) -> list[int]:
+        return self.nodes

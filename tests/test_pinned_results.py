@@ -25,8 +25,9 @@ from common.train import train
 from ecg_fat.bench import write_synthetic_records
 from server.evaluation import make_evaluate_and_record_fn
 from server.results import Results
-from server.strategy import RecordingFedAvg
+from server.strategy import make_strategy
 from tests.conftest import write_record
+from tests.helpers import FakeGrid
 
 CPU = torch.device("cpu")
 
@@ -150,19 +151,11 @@ def test_local_seeds_differ_by_round_and_node() -> None:
 # ----------------------------------------------------------------------------- the strategy
 
 
-class FakeGrid:
-    def __init__(self, nodes: list[int]) -> None:
-        self.nodes = nodes
-
-    def get_node_ids(self) -> list[int]:
-        return self.nodes
-
-
 def test_strategy_samples_nodes_per_round_and_averages_by_examples(tmp_path: Path, task_identity) -> None:
     cfg = FederationConfig(num_nodes=10, nodes_per_round=5)
     results = Results(tmp_path)
     results.start(cfg)
-    strategy = RecordingFedAvg(cfg, results)
+    strategy = make_strategy(cfg, results)
     zeros = {k: torch.zeros_like(v) for k, v in EcgCnn().state_dict().items()}
     grid = FakeGrid(list(range(100, 110)))
     random.seed(0)
@@ -277,7 +270,7 @@ def test_strategy_records_failures_and_shifts_rounds_on_resume(tmp_path: Path, t
     cfg = FederationConfig(num_nodes=3, nodes_per_round=3)
     results = Results(tmp_path)
     results.start(cfg)
-    strategy = RecordingFedAvg(cfg, results, round_offset=3)
+    strategy = make_strategy(cfg, results, round_offset=3)
     zeros = {k: torch.zeros_like(v) for k, v in EcgCnn().state_dict().items()}
     messages = list(strategy.configure_train(1, ArrayRecord(zeros), ConfigRecord({}), FakeGrid([11, 12, 13])))
     assert sorted(m.metadata.dst_node_id for m in messages) == [11, 12, 13]  # 3 of 3: all sampled
@@ -302,7 +295,7 @@ def test_strategy_records_failures_and_shifts_rounds_on_resume(tmp_path: Path, t
 
 def test_central_evaluation_only_and_a_node_count_the_fraction_rounds_down() -> None:
     """No federated evaluation is sent to nodes, and 2 of 3 nodes are sampled (int(3 * 2/3) would give 1)."""
-    strategy = RecordingFedAvg(FederationConfig(num_nodes=3, nodes_per_round=2), Results(Path("unused")))
+    strategy = make_strategy(FederationConfig(num_nodes=3, nodes_per_round=2), Results(Path("unused")))
     assert strategy.configure_evaluate(1, ArrayRecord({}), ConfigRecord({}), FakeGrid([1, 2, 3])) == []
     random.seed(0)
     assert strategy.min_train_nodes == 2 and strategy.fraction_evaluate == 0.0
@@ -310,7 +303,7 @@ def test_central_evaluation_only_and_a_node_count_the_fraction_rounds_down() -> 
 
 def test_two_of_three_nodes_are_sampled(tmp_path: Path, task_identity) -> None:
     cfg = FederationConfig(num_nodes=3, nodes_per_round=2)
-    strategy = RecordingFedAvg(cfg, Results(tmp_path))
+    strategy = make_strategy(cfg, Results(tmp_path))
     zeros = {k: torch.zeros_like(v) for k, v in EcgCnn().state_dict().items()}
     sample = list(strategy.configure_train(1, ArrayRecord(zeros), ConfigRecord({}), FakeGrid([1, 2, 3])))
     assert len(sample) == 2

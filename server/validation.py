@@ -1,0 +1,63 @@
+"""Every node's update is checked before it can reach the global model.
+
+A reply must carry exactly the global model's arrays (same names, shapes and dtypes), only finite values,
+and an integer num-examples in 1..max-examples; and its update (reply minus the global model) must not be
+more than norm-factor times as large as the median of the round's other updates. The first reason a reply fails is
+returned; a reply that fails is dropped, never averaged in.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from flwr.app import Message
+
+from common.config import DefenceConfig
+
+
+def check_reply(reply: Message, global_arrays: dict[str, np.ndarray], cfg: DefenceConfig) -> str | None:
+    """None if the reply is a well-formed update; else why not."""
+    content = reply.content
+    if "arrays" not in content.array_records or "metrics" not in content.metric_records:
+        return "no 'arrays' and 'metrics' records"
+    try:
+        arrays = {name: array.numpy() for name, array in content["arrays"].items()}
+    except Exception as error:  # a payload numpy cannot read is as bad as a wrong one
+        return f"arrays that cannot be read ({error})"
+    if set(arrays) != set(global_arrays):
+        missing, extra = sorted(set(global_arrays) - set(arrays)), sorted(set(arrays) - set(global_arrays))
+        return f"other arrays than the model's (missing {missing}, unexpected {extra})"
+    for name, expected in global_arrays.items():
+        got = arrays[name]
+        if got.shape != expected.shape:
+            return f"{name} shaped {got.shape}, the model's is {expected.shape}"
+        if got.dtype != expected.dtype:
+            return f"{name} of dtype {got.dtype}, the model's is {expected.dtype}"
+        if not np.all(np.isfinite(got)):
+            return f"{name} holds non-finite values"
+    examples = content["metrics"].get("num-examples")
+    if not isinstance(examples, int) or isinstance(examples, bool) or not 1 <= examples <= cfg.max_examples:
+        return f"num-examples {examples!r} outside 1..{cfg.max_examples}"
+    return None
+
+
+def update_norm(reply: Message, global_arrays: dict[str, np.ndarray]) -> float:
+    """The L2 norm of (reply - global) over all arrays, in float64."""
+    squares = sum(
+        float(np.sum((array.numpy().astype(np.float64) - global_arrays[name]) ** 2))
+        for name, array in reply.content["arrays"].items()
+    )
+    return float(np.sqrt(squares))
+
+
+def outsized(norms: dict[int, float], cfg: DefenceConfig) -> dict[int, str]:
+    """The nodes whose update norm exceeds norm-factor times the median of the other nodes' norms (the
+    others', so that with two replies a huge one cannot raise the bar it is measured against)."""
+    found = {}
+    for node, norm in norms.items():
+        others = [other for peer, other in norms.items() if peer != node]
+        if others and norm > cfg.norm_factor * float(np.median(others)):
+            found[node] = (
+                f"update norm {norm:.4g} exceeds {cfg.norm_factor:g} x the median of the others' "
+                f"{float(np.median(others)):.4g}"
+            )
+    return found

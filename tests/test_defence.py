@@ -1,0 +1,164 @@
+"""The server's defences against a broken or malicious node: every bad update is rejected with its reason and
+kept out of the global model; Flower's robust aggregators are one setting away; a non-finite model is never
+scored."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+
+from client.poison import poisoned
+from common.config import ConfigError, FederationConfig, NodeConfig
+from common.metrics import predict
+from common.model import EcgCnn, build_model
+from server.evaluation import NonFiniteModel, make_evaluate_and_record_fn
+from server.results import Results
+from server.strategy import make_strategy
+from tests.conftest import synthetic_beats
+from tests.helpers import FakeGrid
+
+GLOBAL = build_model(0).state_dict()
+
+
+DIRECTION = {k: torch.randn(v.shape, generator=torch.Generator().manual_seed(0)) for k, v in GLOBAL.items()}
+
+
+def honest(seed: int) -> dict[str, torch.Tensor]:
+    """The global weights moved a little, as training moves them: a shared direction plus a node's own noise."""
+    generator = torch.Generator().manual_seed(seed)
+    return {k: v + 0.01 * (DIRECTION[k] + 0.3 * torch.randn(v.shape, generator=generator)) for k, v in GLOBAL.items()}
+
+
+def reply(message: Message, weights: dict[str, torch.Tensor], examples: object = 100) -> Message:
+    metrics = MetricRecord({"num-examples": examples, "train-loss": 0.5, "train-accuracy": 0.5, "train-seconds": 1.0})
+    return Message(RecordDict({"arrays": ArrayRecord(weights), "metrics": metrics}), reply_to=message)
+
+
+def run_round(
+    tmp_path: Path, attacks: list[tuple[dict, object]], nodes: int = 5, **settings
+) -> tuple[ArrayRecord | None, list]:
+    """One round of `nodes` (all sampled): the given (weights, num-examples) attackers first, honest nodes after."""
+    cfg = FederationConfig(num_nodes=nodes, nodes_per_round=nodes, **settings)
+    results = Results(tmp_path)
+    results.start(cfg)
+    strategy = make_strategy(cfg, results)
+    messages = list(strategy.configure_train(1, ArrayRecord(GLOBAL), ConfigRecord({}), FakeGrid(list(range(nodes)))))
+    replies = [reply(m, *attacks[i]) if i < len(attacks) else reply(m, honest(i)) for i, m in enumerate(messages)]
+    arrays, _ = strategy.aggregate_train(1, replies)
+    return arrays, results.read_jsonl("clients")
+
+
+def node(poison: str, tmp_path: Path) -> NodeConfig:
+    (tmp_path / "shard.npz").touch()
+    return NodeConfig(data_path=tmp_path / "shard.npz", poison=poison)
+
+
+@pytest.mark.parametrize(
+    ("poison", "examples", "reason"),
+    [
+        ("nan", 100, "non-finite values"),
+        ("inf", 100, "non-finite values"),
+        ("wrong-keys", 100, "other arrays than the model's"),
+        ("wrong-shape", 100, "shaped"),
+        ("wrong-dtype", 100, "of dtype float64"),
+        ("scale", 100, "update norm"),  # x 1e6
+        ("none", 10**15, "num-examples 1000000000000000 outside 1..1000000"),
+        ("none", -5, "num-examples -5 outside"),
+        ("none", 0, "num-examples 0 outside"),
+        ("none", 2.5, "num-examples 2.5 outside"),
+    ],
+)
+def test_a_bad_update_is_rejected_with_its_reason_and_kept_out(
+    tmp_path: Path, task_identity, poison: str, examples: object, reason: str
+) -> None:
+    bad = poisoned(honest(99), GLOBAL, node(poison, tmp_path))
+    arrays, rows = run_round(tmp_path, [(bad, examples)])
+    assert rows[0]["status"] == "rejected" and reason in rows[0]["error"], rows[0]
+    assert [row["status"] for row in rows[1:]] == ["ok"] * 4
+    expected = {k: torch.stack([honest(i)[k] for i in range(1, 5)]).mean(0) for k in GLOBAL}  # the other four
+    for name, tensor in arrays.to_torch_state_dict().items():
+        torch.testing.assert_close(tensor, expected[name], rtol=0, atol=1e-6)
+
+
+def test_a_round_without_a_valid_update_keeps_the_global_model(tmp_path: Path, task_identity) -> None:
+    nan = poisoned(honest(1), GLOBAL, node("nan", tmp_path))
+    arrays, rows = run_round(tmp_path, [(nan, 100)] * 5)
+    assert arrays is None  # Flower's strategy keeps the previous arrays
+    assert [row["status"] for row in rows] == ["rejected"] * 5
+
+
+def test_without_validation_fedavg_takes_anything_and_the_nan_model_stops_the_run(
+    tmp_path: Path, task_identity
+) -> None:
+    nan = poisoned(honest(1), GLOBAL, node("nan", tmp_path))
+    arrays, rows = run_round(tmp_path / "run", [(nan, 100)], defence={"validate_updates": False})
+    assert all(row["status"] == "ok" for row in rows)
+    state = arrays.to_torch_state_dict()
+    assert not torch.isfinite(state["classifier.5.bias"]).all()
+    results = Results(tmp_path / "run")
+    evaluate_round = make_evaluate_and_record_fn(synthetic_beats(20), FederationConfig().evaluate, results, 0, False)
+    with pytest.raises(NonFiniteModel, match=r"round 1: the global model holds non-finite values in features\.0"):
+        evaluate_round(1, arrays)
+    assert results.read_jsonl("metrics") == []  # nothing reported for it
+
+
+def test_non_finite_logits_are_never_a_prediction() -> None:
+    model = EcgCnn()
+    with torch.no_grad():
+        model.classifier[-1].bias.fill_(float("nan"))
+    with pytest.raises(ValueError, match="non-finite logits"):
+        predict(model, torch.zeros(4, 1, 180), 2)
+
+
+@pytest.mark.parametrize(
+    ("aggregation", "name"),
+    [("median", "FedMedian"), ("trimmed-mean", "FedTrimmedAvg"), ("krum", "Krum"), ("bulyan", "Bulyan")],
+)
+def test_robust_aggregators_resist_an_update_the_checks_let_through(
+    tmp_path: Path, task_identity, aggregation: str, name: str
+) -> None:
+    """A sign-flipped, boosted update (x 20: under a norm bar of 100) moves FedAvg's average
+    far from the honest nodes'; Flower's robust aggregators stay near them."""
+    flipped = {k: GLOBAL[k] - 20 * (honest(99)[k] - GLOBAL[k]) for k in GLOBAL}
+    nodes = 7 if aggregation == "bulyan" else 5  # Bulyan tolerates f = 1 from 4f + 3 updates
+    robust, rows = run_round(
+        tmp_path / aggregation, [(flipped, 100)], nodes, defence={"aggregation": aggregation, "norm_factor": 100.0}
+    )
+    plain, _ = run_round(tmp_path / "fedavg", [(flipped, 100)], nodes, defence={"norm_factor": 100.0})
+
+    target = {k: GLOBAL[k] + 0.01 * DIRECTION[k] for k in GLOBAL}  # where the honest nodes head
+
+    def off(weights: dict[str, torch.Tensor]) -> float:
+        return float(sum(((weights[k] - target[k]) ** 2).sum() for k in GLOBAL) ** 0.5)
+
+    step = off(GLOBAL)  # the honest step's length
+    assert off(robust.to_torch_state_dict()) < 0.5 * step < step < off(plain.to_torch_state_dict())
+    assert all(row["status"] == "ok" for row in rows)  # nothing rejected: the aggregator did the work
+    settings = {"num_nodes": nodes, "nodes_per_round": nodes, "defence": {"aggregation": aggregation}}
+    assert type(make_strategy(FederationConfig(**settings), Results(tmp_path))).__name__ == f"Guarded{name}"
+
+
+def test_krum_and_bulyan_need_enough_nodes_per_round() -> None:
+    with pytest.raises(ConfigError, match=r"bulyan with defence.assumed-malicious 1 needs nodes-per-round >= 7"):
+        FederationConfig.from_run_config({"defence.aggregation": "bulyan"})
+    with pytest.raises(ConfigError, match="needs nodes-per-round >= 5"):
+        FederationConfig.from_run_config({"defence.aggregation": "krum", "num-nodes": 4})
+    assert FederationConfig.from_run_config({"defence.aggregation": "krum"}).defence.assumed_malicious == 1
+
+
+def test_the_poisoned_node_changes_only_what_it_says(tmp_path: Path) -> None:
+    trained = honest(3)
+    assert poisoned(trained, GLOBAL, node("none", tmp_path)) is trained
+    flipped = poisoned(trained, GLOBAL, node("sign-flip", tmp_path))
+    bias = "features.0.bias"
+    torch.testing.assert_close(flipped[bias] - GLOBAL[bias], GLOBAL[bias] - trained[bias])
+    scaled = poisoned(trained, GLOBAL, node("scale", tmp_path))
+    np.testing.assert_allclose(
+        (scaled["features.0.bias"] - GLOBAL["features.0.bias"]).numpy(),
+        1e6 * (trained["features.0.bias"] - GLOBAL["features.0.bias"]).numpy(),
+        rtol=1e-3,
+    )
