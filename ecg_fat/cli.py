@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import logging
 import os
@@ -35,7 +36,7 @@ from ecg_fat.bench import FULL, QUICK, SECTIONS, BenchError, BenchOptions, bench
 from ecg_fat.export import export
 from ecg_fat.federate import FederateOptions, default_threads, federate, submit
 from ecg_fat.flags import UsageError
-from ecg_fat.launcher import ControlClient, LauncherError
+from ecg_fat.launcher import APP_DIR, ControlClient, LauncherError, app_bundle_sha256, approve
 from ecg_fat.predict import (
     EXPORT_MODEL,
     EXPORT_SETTINGS,
@@ -496,6 +497,33 @@ def run_export(args: argparse.Namespace) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------- approve
+
+
+def add_approve(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "approve",
+        help="approve an app version at this site: its bundle's sha256 into the site's approved list",
+        description="A site's SuperNode (ecg-fat-supernode --approved-apps FILE) runs only the app bundles "
+        "whose sha256 is in FILE. Without --sha256 this approves the app of this installation (the bundle "
+        "`flwr run` sends for it, as built from this checkout) and prints its sha256, to compare with the "
+        "one the consortium announces for a release; --sha256 approves an announced one as given.",
+    )
+    parser.add_argument("--file", type=local_path, required=True, metavar="FILE", help="the site's approved list")
+    parser.add_argument("--sha256", help="approve this bundle sha256 (default: this installation's app)")
+    parser.set_defaults(run=run_approve)
+
+
+def run_approve(args: argparse.Namespace) -> int:
+    digest = (args.sha256 or app_bundle_sha256()).lower()
+    if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+        raise UsageError(f"--sha256: not a sha256 sum (64 hex digits): {args.sha256!r}")
+    label = "announced" if args.sha256 else f"ecg-fat {importlib.metadata.version('ecg-fat')} from {APP_DIR}"
+    added = approve(args.file, digest, label)
+    print(f"{digest} {'approved' if added else 'was approved already'} in {args.file}")
+    return 0
+
+
 # ----------------------------------------------------------------------------- bench
 
 
@@ -551,6 +579,7 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     add_report,
     add_predict,
     add_export,
+    add_approve,
     add_bench,
 ]
 

@@ -7,6 +7,7 @@ group, logs to its own file, and is stopped (with its Flower-spawned children) b
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import signal
@@ -27,6 +28,25 @@ from ecg_fat.superlink import IN_MEMORY_STATE
 APP_DIR = Path(__file__).resolve().parents[1]  # the Flower App: pyproject.toml with [tool.flwr.app]
 CONNECTION = "ecg-fat-local"
 FLOWER_ENV = {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def app_bundle_sha256(app_dir: Path = APP_DIR) -> str:
+    """The sha256 of the app bundle (FAB) that `flwr run` sends for `app_dir`: what a site approves."""
+    from flwr.cli.build import build_fab_from_disk
+
+    return hashlib.sha256(build_fab_from_disk(app_dir)).hexdigest()
+
+
+def approve(approved: Path, digest: str, label: str) -> bool:
+    """Add `digest` to a site's approved-apps file (made if missing); False if it was there already."""
+    from ecg_fat.supernode import read_approved
+
+    if approved.is_file() and digest in read_approved(approved):
+        return False
+    approved.parent.mkdir(parents=True, exist_ok=True)
+    with approved.open("a") as file:
+        file.write(f"{digest}  # {label}\n")
+    return True
 
 
 class LauncherError(RuntimeError):
@@ -195,6 +215,9 @@ class LocalFederation:
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        # Its SuperNodes run only this installation's app, as a site's run only the apps it approved.
+        self.approved_apps = self.workdir / "approved-apps.txt"
+        approve(self.approved_apps, app_bundle_sha256(), f"this installation's app ({APP_DIR})")
         self.logs = self.workdir / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
         self.control = ControlClient(
@@ -270,12 +293,16 @@ class LocalFederation:
                 raise LauncherError(f"the SuperLink did not answer on port {self.control_port} in {timeout:.0f} s")
             time.sleep(0.5)
 
-    def supernode_command(self, data_path: Path, threads: int = 0, max_wait: float = 120.0) -> list[str]:
-        """flower-supernode for this SuperLink, without its trust settings."""
-        node_config = f'data-path="{data_path.resolve()}" threads={threads}'
+    def supernode_command(
+        self, data_path: Path, threads: int = 0, max_wait: float = 120.0, node_config: str = ""
+    ) -> list[str]:
+        """A SuperNode for this SuperLink that runs only the approved app, without its TLS and key settings;
+        `node_config` adds to its node config (e.g. `poison="nan"` in tests)."""
+        config = f'data-path="{data_path.resolve()}" threads={threads} {node_config}'.strip()
         return [
-            _bin("ecg-fat-supernode"), "--superlink", f"127.0.0.1:{self.fleet_port}", "--port", str(free_port()),
-            "--node-config", node_config, "--max-retries", "10", "--max-wait-time", str(max_wait),
+            _bin("ecg-fat-supernode"), "--approved-apps", str(self.approved_apps),
+            "--superlink", f"127.0.0.1:{self.fleet_port}", "--port", str(free_port()),
+            "--node-config", config, "--max-retries", "10", "--max-wait-time", str(max_wait),
         ]  # fmt: skip
 
     def start_supernode(
@@ -286,8 +313,9 @@ class LocalFederation:
         threads: int = 0,
         root_certificates: Path | None = None,
         max_wait: float = 120.0,
+        node_config: str = "",
     ) -> subprocess.Popen:
-        command = self.supernode_command(data_path, threads, max_wait)
+        command = self.supernode_command(data_path, threads, max_wait, node_config)
         command += ["--root-certificates", str(root_certificates or self.certs / "ca.crt")]
         if private_key is not None:
             command += ["--auth-supernode-private-key", str(private_key)]

@@ -69,7 +69,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ecg-fat-superlink", description=__doc__)
     parser.add_argument("--certs", type=Path, default=Path("/certs"), help="ca.crt, server.pem, server.key")
     parser.add_argument("--fleet-address", default="0.0.0.0:9092", help="the SuperNodes' TLS gRPC address")
-    parser.add_argument("--host", default="0.0.0.0", help="the Control and Runtime API's (HTTPS) address")
+    parser.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="the Control and Runtime API's (HTTPS) address; loopback by default: Flower 1.39's Control API "
+        "asks for no credential, so only processes in this network namespace (the operator's runner, the "
+        "SuperLink's own ServerApp) may reach it",
+    )
     parser.add_argument("--port", type=int, default=8000, help="the Control and Runtime API's port")
     parser.add_argument(
         "--database", default="/state/state.db", help=f"state database, or {IN_MEMORY_STATE} (none kept)"

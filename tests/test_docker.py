@@ -92,6 +92,7 @@ def test_each_supernode_mounts_only_its_own_shard_and_key() -> None:
                 "./certs/out/ca.crt:/certs/ca.crt:ro",
                 f"./certs/out/node-{index:02d}:/keys:ro",  # its private key only (make_certs: node-NN/node)
                 f"./data/nodes/node-{index:02d}:/data:ro",  # its shard only (prepare --node-dirs)
+                "./data/approved-apps.txt:/approved-apps.txt:ro",  # the apps it may run
             ]
         ), name
         assert services[name]["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
@@ -100,6 +101,25 @@ def test_each_supernode_mounts_only_its_own_shard_and_key() -> None:
     assert set(cpu) == set(nodes) and all(cpu[name]["deploy"] is None for name in nodes)  # `!reset`: no GPU
     prepare = " ".join(services["prepare"]["command"])
     assert "--node-dirs /data/nodes" in prepare and "${NODES:+--clients $NODES}" in prepare
+
+
+def test_only_the_runner_shares_the_superlinks_network_namespace() -> None:
+    """The Control API (no credential in Flower 1.39) listens on 127.0.0.1 inside the SuperLink's container;
+    the runner joins that namespace; only the Fleet port (TLS gRPC, node keys) is published."""
+    from ecg_fat.superlink import build_parser
+
+    assert build_parser().parse_args([]).host == "127.0.0.1"
+    one_host, server = (
+        load(ROOT / "compose.yaml")["services"],
+        load(ROOT / "docker" / "server" / "compose.yaml")["services"],
+    )
+    for services in (one_host, server):
+        assert services["superlink"]["command"] == ["ecg-fat-superlink"]  # its --host default: loopback
+        assert [p.rsplit(":", 1)[1] for p in services["superlink"]["ports"]] == ["9092"]
+    assert [name for name, s in one_host.items() if "network_mode" in s] == ["runner"]
+    assert one_host["runner"]["network_mode"] == "service:superlink"
+    assert "--superlink 127.0.0.1:8000" in one_host["runner"]["command"][2]
+    assert server["runner"]["extends"]["service"] == "runner" and "network_mode" not in server["runner"]  # inherited
 
 
 def test_superlink_is_tls_with_node_auth_and_sees_only_the_test_set() -> None:
@@ -186,8 +206,9 @@ def test_server_and_sites_on_separate_networks(images: dict, tmp_path: Path) -> 
             for record in (f"{100 + 2 * index}", f"{101 + 2 * index}"):  # each hospital its own patients
                 for suffix in (".hea", ".dat", ".atr"):
                     shutil.copy2(mitdb / f"{record}{suffix}", wfdb_dir)
-            key = _compose(*site(name), "run", "--rm", "key", env=env, cwd=tmp_path, timeout=120)
-            assert key.returncode == 0, key.stdout + key.stderr
+            for step in ("key", "approve"):
+                done = _compose(*site(name), "run", "--rm", step, env=env, cwd=tmp_path, timeout=120)
+                assert done.returncode == 0, done.stdout + done.stderr
             shutil.copy2(directory / "keys" / "node.pub", server_dir / "keys" / f"{name}.pub")
             shutil.copy2(server_dir / "certs" / "ca.crt", directory / "ca.crt")
             site_env = env | {"SUPERLINK_ADDRESS": f"host.docker.internal:{port}", "WFDB_DIR": str(wfdb_dir)}
@@ -214,6 +235,16 @@ def test_server_and_sites_on_separate_networks(images: dict, tmp_path: Path) -> 
             text=True,
         )
         killed = _kill_a_training_site(images["client"], deadline_s=420)
+        # Nothing but the runner (in the SuperLink's network namespace) reaches the Control API: not a site
+        # through the host, not a container beside the SuperLink on the server's network. The Fleet port is open.
+        client = images["client"]
+        a_site = next(
+            c for c in client.containers.list() if c.name.startswith("ecg-fat-test-site-") and c.name != killed
+        )
+        beside = client.containers.get("ecg-fat-test-server-certs-1")
+        for container, host in ((a_site, "host.docker.internal"), (beside, "superlink")):
+            assert "refused" in _connect(container, host, 8000), (container.name, host)
+        assert _connect(a_site, "host.docker.internal", port) == "open"
         output, _ = runner.communicate(timeout=900)
         assert runner.returncode == 0, output[-6000:]
         results = server_dir / "results" / "sites"
@@ -225,6 +256,15 @@ def test_server_and_sites_on_separate_networks(images: dict, tmp_path: Path) -> 
         for name in sites:
             _compose(*site(name), "down", "--volumes", env=env, cwd=tmp_path, timeout=300)
         _compose(*server, "down", "--volumes", env=env, cwd=tmp_path, timeout=300)
+
+
+def _connect(container, host: str, port: int) -> str:
+    """'open', or why a TCP connection from inside `container` failed."""
+    probe = (
+        "import socket, sys\ntry:\n    socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5)\n"
+        "    print('open')\nexcept OSError as e:\n    print('refused' if isinstance(e, ConnectionRefusedError) else e)"
+    )
+    return container.exec_run(["python", "-c", probe, host, str(port)]).output.decode().strip()
 
 
 def _kill_a_training_site(client, deadline_s: float) -> str:
