@@ -18,9 +18,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from matplotlib.figure import Figure  # the object API: files only, no display or global state
-from matplotlib.ticker import MaxNLocator
-
 from common.config import AAMI_CLASSES, CONDITIONS
 from server.results import Results
 
@@ -122,6 +119,10 @@ def paper_differences(runs: list[Run]) -> list[str]:
 
 
 def figure(runs: list[Run], condition: str, path: Path) -> None:
+    # Imported here: the SuperNode image has no matplotlib, and its `ecg-fat` commands draw nothing.
+    from matplotlib.figure import Figure  # the object API: files only, no display or global state
+    from matplotlib.ticker import MaxNLocator
+
     fig = Figure(figsize=(10, 7))
     axes = fig.subplots(2, 2, sharex=True)
     for ax, (metric, title) in zip(axes.flat, METRICS.items(), strict=True):

@@ -178,7 +178,11 @@ def test_server_and_sites_on_separate_networks(images: dict, tmp_path: Path) -> 
     with socket.socket() as probe:
         probe.bind(("", 0))
         port = probe.getsockname()[1]
-    server_dir, server_file = tmp_path / "server", ROOT / "docker" / "server" / "compose.yaml"
+    # The server's outputs go to a project directory of the test's own; laid out as in a checkout
+    # (docker/server/ under a root that has compose.yaml), because its runner extends ../../compose.yaml's.
+    server_dir, server_file = tmp_path / "root" / "docker" / "server", ROOT / "docker" / "server" / "compose.yaml"
+    server_dir.mkdir(parents=True)
+    (tmp_path / "root" / "compose.yaml").symlink_to(ROOT / "compose.yaml")
     server = ["--project-directory", str(server_dir), "--project-name", "ecg-fat-test-server", "-f", str(server_file)]
     env = images["env"] | {
         "SUPERLINK_SANS": "host.docker.internal",
