@@ -33,6 +33,14 @@ def load_local_data(node: NodeConfig) -> Beats:
     return load_beats(node.data_path)
 
 
+@app.query()
+def partition(msg: Message, context: Context) -> Message:
+    """The server asks each node once for its partition id, to sample the same partitions in every launch."""
+    node = NodeConfig.from_node_config(context.node_config)
+    answer = {} if node.partition_id is None else {"partition-id": node.partition_id}
+    return Message(RecordDict({"partition": MetricRecord(answer)}), reply_to=msg)
+
+
 @app.train()
 def train_round(msg: Message, context: Context) -> Message:
     cfg = FederationConfig.from_run_config(context.run_config)
@@ -41,7 +49,9 @@ def train_round(msg: Message, context: Context) -> Message:
     if node.threads:
         torch.set_num_threads(node.threads)
     server_round = int(msg.content["config"]["server-round"])
-    seed = local_seed(cfg.train.seed, server_round, context.node_id)
+    seed = local_seed(
+        cfg.train.seed, server_round, node.partition_id if node.partition_id is not None else context.node_id
+    )
     beats = load_local_data(node).subsample(cfg.max_train_windows, seed)
 
     sent = msg.content["arrays"].to_torch_state_dict()

@@ -311,6 +311,12 @@ class NodeConfig(_Settings):
     data_path: Path = Field(description="a prepared shard (.npz) or a directory of WFDB records")
     lead: int | str = 0
     threads: int = Field(0, ge=0, description="torch threads for local training; 0: torch's default")
+    partition_id: int | None = Field(
+        None,
+        ge=0,
+        description="this node's shard or site number: its training seeds and the server's sampling derive "
+        "from it, so a run repeats exactly (unset: from Flower's node id, drawn anew at every launch)",
+    )
     # A malicious or broken participant, for experiments and tests of the server's defences: what this node
     # does to its update after training, and the num-examples it claims (0: the true count).
     poison: Literal["none", "scale", "sign-flip", "nan", "inf", "wrong-keys", "wrong-shape", "wrong-dtype"] = "none"

@@ -157,8 +157,9 @@ def federate(
             federation.control.register(node_key_path(certs, index).with_suffix(".pub"))
         for index, shard in enumerate(shards):
             federation.start_supernode(
-                f"supernode-{index:02d}", shard, node_key_path(certs, index), threads=options.threads_per_node
-            )
+                f"supernode-{index:02d}", shard, node_key_path(certs, index), threads=options.threads_per_node,
+                node_config=f"partition-id={index}",
+            )  # fmt: skip
         federation.wait_online(len(shards), timeout=options.connect_timeout)
         log.info("%d SuperNodes connected; logs in %s", len(shards), federation.logs)
         run_config = run_cfg.model_copy(update={"test_path": str((options.data / TEST_FILE).resolve())})

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import random
 from pathlib import Path
 
 from flwr.app import ArrayRecord, ConfigRecord, Context
@@ -44,7 +43,6 @@ def main(grid: Grid, context: Context) -> None:
     else:
         state = build_model(cfg.seed).state_dict()
     offset = last if resumed else 0
-    random.seed(cfg.seed + offset)  # Flower samples the nodes with `random`
 
     strategy = make_strategy(cfg, results, round_offset=offset)
     result = strategy.start(

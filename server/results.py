@@ -33,7 +33,9 @@ METRIC_FIELDS = [
     *(f"recall_{c}" for c in AAMI_CLASSES),
     "seconds",
 ]
-CLIENT_FIELDS = ["round", "node_id", "status", "num-examples", "train-loss", "train-accuracy", "train-seconds", "error"]
+CLIENT_FIELDS = [
+    "round", "node_id", "partition", "status", "num-examples", "train-loss", "train-accuracy", "train-seconds", "error",
+]  # fmt: skip
 FINAL_MODEL = "final_model.pt"
 _CHECKPOINT = re.compile(r"round_(\d{3,})\.pt$")
 

@@ -8,17 +8,20 @@ per-client rows, and a round offset so that a resumed run numbers its rounds on 
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Bulyan, FedAvg, FedMedian, FedTrimmedAvg, Krum
 
 from common.config import FederationConfig
 from server.results import Results
 from server.validation import check_reply, outsized, update_norm
+
+PARTITION_QUERY_TIMEOUT = 120.0  # seconds for the connected nodes to say their partition id (once per node)
 
 
 class GuardedStrategy:
@@ -38,15 +41,36 @@ class GuardedStrategy:
         )
         self.cfg, self.results, self.round_offset = cfg, results, round_offset
         self.sampled: list[int] = []
+        self.partitions: dict[int, int | None] = {}  # node id -> the partition id it reported
         self.global_arrays: dict[str, np.ndarray] = {}
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         self.global_arrays = {name: array.numpy() for name, array in arrays.items()}
-        messages = list(super().configure_train(server_round + self.round_offset, arrays, config, grid))  # type: ignore[misc]
+        real_round = server_round + self.round_offset
+        # Reproducible sampling: Flower samples with `random` from the grid's node list. Flower's node ids
+        # are drawn anew at every launch, so the list is put in the order of the nodes' partition ids (their
+        # shard or site numbers, which do not change) and `random` is seeded by the run seed and the round.
+        self._learn_partitions(grid)
+        random.seed(f"{self.cfg.seed}:{real_round}")
+        in_order = _InPartitionOrder(grid, self.partitions)
+        messages = list(super().configure_train(real_round, arrays, config, in_order))  # type: ignore[misc]
         self.sampled = [message.metadata.dst_node_id for message in messages]
         return messages
+
+    def _learn_partitions(self, grid: Grid) -> None:
+        """Ask each node not asked yet for its partition id (None: it has none)."""
+        new = [node for node in grid.get_node_ids() if node not in self.partitions]
+        if not new:
+            return
+        asks = [
+            Message(RecordDict({"ask": ConfigRecord({})}), dst_node_id=n, message_type=MessageType.QUERY) for n in new
+        ]
+        for reply in grid.send_and_receive(asks, timeout=PARTITION_QUERY_TIMEOUT):
+            answer = None if reply.has_error() else reply.content.metric_records.get("partition")
+            partition = answer.get("partition-id") if answer is not None else None
+            self.partitions[reply.metadata.src_node_id] = partition if isinstance(partition, int) else None
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -61,7 +85,7 @@ class GuardedStrategy:
         unattributed = [reason for node, reason in errors.items() if node not in self.sampled]
         rows = []
         for node in self.sampled:
-            row: dict = {"round": real_round, "node_id": node}
+            row: dict = {"round": real_round, "node_id": node, "partition": self.partitions.get(node)}
             if node in accepted:
                 row |= {"status": "ok", **dict(accepted[node].content["metrics"])}
             elif node in rejected:
@@ -90,6 +114,23 @@ class GuardedStrategy:
             node: update_norm(reply, self.global_arrays) for node, reply in updates.items() if node not in rejected
         }
         return rejected | outsized(norms, self.cfg.defence)
+
+
+class _InPartitionOrder:
+    """The grid, with its node ids listed by partition id (nodes without one last, by node id)."""
+
+    def __init__(self, grid: Grid, partitions: dict[int, int | None]) -> None:
+        self.grid, self.partitions = grid, partitions
+
+    def get_node_ids(self) -> list[int]:
+        def key(node: int) -> tuple[bool, int, int]:
+            partition = self.partitions.get(node)
+            return (partition is None, partition if partition is not None else 0, node)
+
+        return sorted(self.grid.get_node_ids(), key=key)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.grid, name)
 
 
 def make_strategy(cfg: FederationConfig, results: Results, round_offset: int = 0) -> GuardedStrategy:

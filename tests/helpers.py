@@ -32,10 +32,19 @@ def key_files_in_image(client, image: str) -> str:
 
 
 class FakeGrid:
-    """The part of Flower's Grid a strategy uses to sample: the connected nodes' ids."""
+    """The part of Flower's Grid a strategy uses before a round: the connected nodes' ids, and their answers
+    to the partition-id query (`partitions`: node id -> partition id; a node left out has none)."""
 
-    def __init__(self, nodes: list[int]) -> None:
-        self.nodes = nodes
+    def __init__(self, nodes: list[int], partitions: dict[int, int] | None = None) -> None:
+        self.nodes, self.partitions = nodes, partitions or {}
 
     def get_node_ids(self) -> list[int]:
         return self.nodes
+
+    def send_and_receive(self, messages: list, timeout: float) -> list:
+        from flwr.app import Message, MetricRecord, RecordDict
+
+        def answer(node: int) -> MetricRecord:
+            return MetricRecord({"partition-id": self.partitions[node]} if node in self.partitions else {})
+
+        return [Message(RecordDict({"partition": answer(m.metadata.dst_node_id)}), reply_to=m) for m in messages]

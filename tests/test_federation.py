@@ -260,3 +260,23 @@ def test_bad_run_config_and_bad_shard(shards: Path, tmp_path: Path, federation: 
     failed = next(row for row in rows if row["status"] == "failed")
     assert f"{bad}: labels must lie in 0..4" in failed["error"]
     assert any(f"{bad}: labels must lie in 0..4" in fed.log_tail(n, 400) for n in ("node-0", "node-1"))
+
+
+def test_two_launches_of_the_same_command_give_the_same_results(shards: Path, tmp_path: Path) -> None:
+    """Node ids are drawn anew at each launch; seeds and sampling follow the partitions, so the metrics and the
+    per-node rows repeat exactly (all but the seconds and the node ids)."""
+    args = [
+        "federate", "--data", str(shards), "--nodes", "3", "--rounds", "2", "--local-epochs", "1",
+        "--max-train-windows", "60", "--max-test-windows", "80", "--pgd-steps", "2", "--cw-steps", "2",
+        "--bim-steps", "2", "--threads-per-node", "1",
+    ]  # fmt: skip
+    for launch in ("a", "b"):
+        assert main([*args, "--workdir", str(tmp_path / f"work-{launch}"), "--results", str(tmp_path / launch)]) == 0
+
+    def rows(launch: str, name: str, drop: set[str]) -> list[dict]:
+        return [{k: v for k, v in row.items() if k not in drop} for row in Results(tmp_path / launch).read_jsonl(name)]
+
+    assert rows("a", "metrics", {"seconds"}) == rows("b", "metrics", {"seconds"})
+    clients = {"node_id", "train-seconds"}
+    assert rows("a", "clients", clients) == rows("b", "clients", clients)
+    assert [row["partition"] for row in rows("a", "clients", set())] != [None] * 4

@@ -353,3 +353,22 @@ def test_the_gpu_is_used_where_there_is_one(monkeypatch: pytest.MonkeyPatch) -> 
 def test_a_lead_given_as_a_number_in_text_is_a_signal_index() -> None:
     assert PrepareConfig(lead="1").lead == 1 and PrepareConfig(lead="MLII").lead == "MLII"
     assert isinstance(PrepareConfig(lead="0").lead, int)
+
+
+def test_sampling_follows_partitions_not_flowers_node_ids(tmp_path: Path, task_identity) -> None:
+    """Two launches draw different node ids for the same shards: the same partitions are sampled each round."""
+    cfg = FederationConfig(num_nodes=6, nodes_per_round=3, seed=4)
+    zeros = {k: torch.zeros_like(v) for k, v in EcgCnn().state_dict().items()}
+
+    def partitions_sampled(node_ids: list[int]) -> list[list[int]]:
+        grid = FakeGrid(node_ids, {node: index for index, node in enumerate(node_ids)})
+        strategy = make_strategy(cfg, Results(tmp_path))
+        rounds = []
+        for r in (1, 2, 3):
+            messages = strategy.configure_train(r, ArrayRecord(zeros), ConfigRecord({}), grid)
+            rounds.append(sorted(strategy.partitions[m.metadata.dst_node_id] for m in messages))
+        return rounds
+
+    first = partitions_sampled([901, 17, 5550, 23, 7, 3001])
+    again = partitions_sampled([44, 9090, 12, 808, 66666, 3])
+    assert first == again and len({tuple(r) for r in first}) > 1
