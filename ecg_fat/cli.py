@@ -474,12 +474,12 @@ def run_predict(args: argparse.Namespace) -> int:
 def add_export(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
         "export",
-        help="the model as one TorchScript file that scales raw windows itself, with its settings and provenance",
-        description="Write OUT/model.pt, a TorchScript module that takes raw beat windows (n, 1, 180) and "
+        help="the model as one torch.export program that scales raw windows itself, with settings and provenance",
+        description="Write OUT/model.pt2, a torch.export program that takes raw beat windows (n, 1, 180) and "
         "returns class logits (it min-max scales each window itself, as training did), and OUT/settings.json: "
         "the preprocessing (sampling rate, window, scaling, lead), the classes and the run's provenance "
         "(config, metrics at the last round, code version) when the weights lie in a results directory. "
-        "`ecg-fat predict --model OUT` uses it; so can any program with torch (torch.jit.load).",
+        "`ecg-fat predict --model OUT` uses it; so can any program with torch (torch.export.load).",
     )
     parser.add_argument("--model", type=local_path, required=True, metavar="FILE", help="weights (.pt)")
     parser.add_argument("--out", type=local_path, required=True, metavar="DIR", help="output directory")

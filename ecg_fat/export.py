@@ -1,8 +1,9 @@
-"""`ecg-fat export`: the trained model as one TorchScript file that takes raw beat windows (it scales them
-itself), with its preprocessing settings and the run's provenance in a JSON file beside it.
+"""`ecg-fat export`: the trained model as one `torch.export` program that takes raw beat windows (it scales
+them itself), with its preprocessing settings and the run's provenance in a JSON file beside it.
 
-The file runs anywhere torch runs (`torch.jit.load`), with no ECG-FAT code. Its pooling is nn.MaxPool1d,
-whose outputs equal PairMaxPool's bit for bit (tests/test_model_attacks_training.py).
+The program runs anywhere torch runs (`torch.export.load(path).module()`), with no ECG-FAT code; any batch
+size. (TorchScript, torch.jit, is deprecated in torch 2.13.) Its pooling is nn.MaxPool1d, whose outputs
+equal PairMaxPool's bit for bit (tests/test_model_attacks_training.py).
 """
 
 from __future__ import annotations
@@ -75,15 +76,18 @@ def provenance(model_file: Path) -> dict:
 
 
 def export(model_file: Path, out: Path, lead: int | str, window: WindowConfig) -> Path:
-    """Write OUT/model.pt (TorchScript) and OUT/settings.json; returns OUT."""
+    """Write OUT/model.pt2 (a torch.export program) and OUT/settings.json; returns OUT."""
     weights = Classifier(model_file)
     if weights.exported:
         raise ModelError(f"{model_file}: an export already; export the weights it was made from")
     model = EcgCnn(window_length=window.length, pool=lambda: nn.MaxPool1d(2))
     model.load_state_dict(weights.module.state_dict())
-    scripted = torch.jit.script(ScaledClassifier(model.eval()))
+    example = torch.rand(2, 1, window.length)
+    program = torch.export.export(
+        ScaledClassifier(model.eval()), (example,), dynamic_shapes={"windows": {0: torch.export.Dim("batch", min=1)}}
+    )
     out.mkdir(parents=True, exist_ok=True)
-    write_atomically(out / EXPORT_MODEL, lambda file: torch.jit.save(scripted, file))
+    write_atomically(out / EXPORT_MODEL, lambda file: torch.export.save(program, file))
     settings = {
         "input": f"raw beat windows shaped (n, 1, {window.length}), float32, in the record's physical units "
         f"(mV), {window.before} samples before the beat and {window.after} from it on, at {SAMPLING_RATE_HZ} Hz",

@@ -36,7 +36,7 @@ from common.model import EcgCnn
 
 log = logging.getLogger("ecg_fat")
 EXPORT_SETTINGS = "settings.json"
-EXPORT_MODEL = "model.pt"
+EXPORT_MODEL = "model.pt2"
 
 
 class ModelError(ValueError):
@@ -66,16 +66,16 @@ class Classifier:
             path = path / EXPORT_MODEL
         if not path.is_file():
             raise ModelError(f"{self.path}: no such model file or export directory")
+        self.exported = path.suffix == ".pt2"
         try:
-            self.module = torch.jit.load(str(path), map_location="cpu")
-            self.exported = True
-        except RuntimeError:  # not TorchScript: a state dict
+            if self.exported:
+                self.module = torch.export.load(str(path)).module()
+                return
             model = EcgCnn()
-            try:
-                model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-            except (RuntimeError, pickle.UnpicklingError, AttributeError, TypeError, ValueError) as error:
-                raise ModelError(f"{path}: not weights of this model ({str(error).splitlines()[0]})") from error
-            self.module, self.exported = model.eval(), False
+            model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        except (RuntimeError, pickle.UnpicklingError, AttributeError, TypeError, ValueError, KeyError) as error:
+            raise ModelError(f"{path}: not weights of this model ({str(error).splitlines()[0]})") from error
+        self.module = model.eval()
 
     def probabilities(self, raw_windows: np.ndarray, batch_size: int = 1024) -> np.ndarray:
         windows = raw_windows.astype(np.float32) if self.exported else minmax_scale(raw_windows)

@@ -120,9 +120,9 @@ def test_export_gives_the_state_dicts_outputs_and_carries_its_settings(
     raw = read_beats(records / "101", 0, WINDOW).windows
     raw[3] = 0.7  # a flat window scales to zeros in both
     np.testing.assert_allclose(exported.probabilities(raw), state.probabilities(raw), atol=1e-5)
-    scripted = torch.jit.load(str(out / "model.pt"))  # no ECG-FAT code needed to use it
+    program = torch.export.load(str(out / "model.pt2")).module()  # no ECG-FAT code needed to use it
     with torch.no_grad():
-        logits = scripted(torch.from_numpy(raw[:4]))
+        logits = program(torch.from_numpy(raw[:4]))
     torch.testing.assert_close(logits, state.module(torch.from_numpy(minmax_scale(raw[:4]))), atol=1e-5, rtol=0)
     settings = json.loads((out / "settings.json").read_text())
     assert settings["classes"] == list(AAMI_CLASSES) and settings["aami_map"] == AAMI_MAP
