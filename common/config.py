@@ -131,6 +131,11 @@ class WindowConfig(_Settings):
         return self.before + self.after
 
 
+# The lead used where none is named: MLII where a record has it (114 has it as its second signal), else the
+# record's first signal (102 and 104 have no MLII).
+AUTO_LEAD = "auto"
+
+
 def _lead(value: object) -> object:
     """A lead given as text that is a number ("0", from a flag or a compose variable) is a signal index."""
     return int(value) if isinstance(value, str) and value.isdigit() else value
@@ -139,7 +144,9 @@ def _lead(value: object) -> object:
 class PrepareConfig(_Settings):
     """How `ecg-fat prepare` turns WFDB records into a test set and client shards."""
 
-    lead: int | str = Field(0, description="signal index or name (0: the first signal, MLII in 45 of 48 records)")
+    lead: int | str = Field(
+        AUTO_LEAD, description="signal index or name; auto: MLII where a record has it, else its first signal"
+    )
     window: WindowConfig = WindowConfig()
     split: Literal["intra-patient", "inter-patient"] = Field(
         "intra-patient",
@@ -309,7 +316,7 @@ class NodeConfig(_Settings):
     """A SuperNode's own settings (`flower-supernode --node-config`)."""
 
     data_path: Path = Field(description="a prepared shard (.npz) or a directory of WFDB records")
-    lead: int | str = 0
+    lead: int | str = AUTO_LEAD
     threads: int = Field(0, ge=0, description="torch threads for local training; 0: torch's default")
     partition_id: int | None = Field(
         None,

@@ -26,6 +26,7 @@ from wfdb.io._signal import BYTES_PER_SAMPLE
 from common.config import (
     AAMI_CLASSES,
     AAMI_MAP,
+    AUTO_LEAD,
     DS1_RECORDS,
     DS2_RECORDS,
     NUM_CLASSES,
@@ -65,6 +66,7 @@ class Manifest(BaseModel):
     test_file: str
     client_files: list[str]
     files: dict[str, FileEntry]
+    leads: dict[str, str]  # record -> the signal read from it
 
     @classmethod
     def read(cls, directory: Path) -> Manifest:
@@ -146,6 +148,9 @@ def find_records(directory: Path) -> list[Path]:
 
 
 def lead_index(header: wfdb.Record, lead: int | str, hea: Path) -> int:
+    """The signal to read: an index, a name, or auto (MLII where the record has it, else its first signal)."""
+    if lead == AUTO_LEAD:
+        return header.sig_name.index("MLII") if "MLII" in header.sig_name else 0
     if isinstance(lead, int):
         if not 0 <= lead < header.n_sig:
             raise DataError(f"{hea}: lead index {lead} out of range (record has {header.n_sig} signals)")
@@ -187,6 +192,15 @@ def read_signal(record: Path, header: wfdb.Record, channel: int) -> np.ndarray:
     if not np.all(np.isfinite(signal)):
         raise DataError(f"{dat}: the signal holds missing (NaN) samples")
     return signal
+
+
+def leads_read(directory: Path, lead: int | str) -> dict[str, str]:
+    """The name of the signal `lead` selects in each record of `directory`."""
+    found = {}
+    for record in find_records(directory):
+        header = read_header(record)
+        found[record.name] = header.sig_name[lead_index(header, lead, record.with_suffix(".hea"))]
+    return found
 
 
 def read_header(record: Path) -> wfdb.Record:
@@ -235,7 +249,7 @@ def read_record(record: Path, lead: int | str, window: WindowConfig) -> Beats:
 
 def read_records(
     directory: Path,
-    lead: int | str = 0,
+    lead: int | str = AUTO_LEAD,
     window: WindowConfig | None = None,
     names: Sequence[str] | None = None,
 ) -> Beats:
@@ -463,6 +477,7 @@ def prepare(source: Path, out: Path, cfg: PrepareConfig) -> Manifest:
                 test_file=TEST_FILE,
                 client_files=[client_file(i) for i in range(len(shards))],
                 files=files,
+                leads=leads_read(source, cfg.lead),
             )
             stage(MANIFEST, lambda file: file.write(manifest.to_json()))
         for stale in set(p.name for p in out.glob("client_*.npz")) - set(files):

@@ -449,14 +449,15 @@ def add_predict(commands: argparse._SubParsersAction) -> None:
         "--record", type=local_path, required=True, metavar="PATH",
         help="a record (path without extension, or its .hea) or a directory of records",
     )  # fmt: skip
-    parser.add_argument("--lead", help="signal name or index (default: the export's lead, else 0)")
+    parser.add_argument("--lead", help="signal name or index, or auto (default: the export's lead, else auto)")
     parser.add_argument("--out", type=local_path, metavar="CSV", help="write one row per beat here")
     parser.set_defaults(run=run_predict)
 
 
 def run_predict(args: argparse.Namespace) -> int:
     classifier = load_classifier(args.model)
-    lead = PrepareConfig(lead=args.lead if args.lead is not None else export_settings(args.model).get("lead", 0)).lead
+    given = args.lead if args.lead is not None else export_settings(args.model).get("lead")
+    lead = PrepareConfig(**({"lead": given} if given is not None else {})).lead  # validated; unset: auto
     if args.out and not args.out.parent.is_dir():
         raise UsageError(f"--out: directory {args.out.parent} does not exist")
     rows = []
@@ -483,12 +484,12 @@ def add_export(commands: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--model", type=local_path, required=True, metavar="FILE", help="weights (.pt)")
     parser.add_argument("--out", type=local_path, required=True, metavar="DIR", help="output directory")
-    parser.add_argument("--lead", help="the lead the model was trained on, recorded for predict (default 0)")
+    parser.add_argument("--lead", help="the lead the model was trained on, recorded for predict (default auto)")
     parser.set_defaults(run=run_export)
 
 
 def run_export(args: argparse.Namespace) -> int:
-    lead = PrepareConfig(lead=args.lead if args.lead is not None else PrepareConfig().lead).lead
+    lead = PrepareConfig(**({"lead": args.lead} if args.lead is not None else {})).lead
     try:
         out = export(args.model, args.out, lead, PrepareConfig().window)
     except ModelError as error:

@@ -15,6 +15,7 @@ from common.data import (
     Beats,
     DataError,
     Manifest,
+    lead_index,
     load_beats,
     minmax_scale,
     partition,
@@ -60,6 +61,15 @@ def test_windows_scaled_to_unit_range_and_flat_window_is_zeros(tmp_path: Path) -
 def test_minmax_scale_is_per_window() -> None:
     windows = np.array([[[2.0, 4.0, 3.0]], [[5.0, 5.0, 5.0]]])
     np.testing.assert_allclose(minmax_scale(windows), [[[0.0, 1.0, 0.5]], [[0.0, 0.0, 0.0]]])
+
+
+def test_auto_lead_is_mlii_where_there_is_one_else_the_first(tmp_path: Path) -> None:
+    write_record(tmp_path, "201", [500], ["N"])  # MLII first
+    header = wfdb.rdheader(str(tmp_path / "201"))
+    header.sig_name = ["V1", "MLII"]
+    assert lead_index(header, "auto", tmp_path / "201.hea") == 1
+    header.sig_name = ["V5", "V2"]
+    assert lead_index(header, "auto", tmp_path / "201.hea") == 0
 
 
 def test_lead_by_name_and_index(tmp_path: Path) -> None:
@@ -383,6 +393,9 @@ def test_mitdb_gives_the_papers_window_counts(mitdb: Path, tmp_path: Path) -> No
     assert manifest.class_counts == {"N": 90_608, "S": 2_781, "V": 7_235, "F": 802, "Q": 8_042}
     assert len(manifest.records) == 48
     assert manifest.files[TEST_FILE].windows == 21_894
+    # The default lead: MLII where a record has it (114: its second signal), else the first (102, 104: V5).
+    assert {r: lead for r, lead in manifest.leads.items() if lead != "MLII"} == {"102": "V5", "104": "V5"}
+    assert manifest.settings.lead == "auto" and len(manifest.leads) == 48
 
 
 @pytest.mark.realdata
