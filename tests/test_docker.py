@@ -272,8 +272,9 @@ def _connect(container, host: str, port: int) -> str:
 
 
 def _kill_a_training_site(client, deadline_s: float) -> str:
-    """Kill the first site container seen running a ClientApp (mid-round), as a crash would; the run goes on
-    with the other sites."""
+    """Kill the first site container seen training (mid-round), as a crash would; the run goes on with the
+    other sites. Training, not answering the server's partition-id query (also a ClientApp run): its SuperNode's
+    log has received a train message and has not sent the reply yet."""
     import time
 
     deadline = time.monotonic() + deadline_s
@@ -281,11 +282,11 @@ def _kill_a_training_site(client, deadline_s: float) -> str:
         for container in client.containers.list(filters={"label": "com.docker.compose.service=supernode"}):
             if not container.name.startswith("ecg-fat-test-site-"):
                 continue
-            try:  # a container that is just starting or stopping lists no processes
-                processes = container.top().get("Processes") or []
+            try:  # a container that is just starting or stopping may have gone
+                log = container.logs().decode(errors="replace")
             except Exception:
                 continue
-            if any("flwr-clientapp" in " ".join(p) for p in processes):
+            if log.rfind("Receiving: train message") > log.rfind("Sent successfully"):
                 container.kill()
                 return container.name
         time.sleep(0.3)
