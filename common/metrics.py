@@ -8,9 +8,11 @@ from collections.abc import Callable
 import numpy as np
 import torch
 from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support, recall_score
+from sklearn.utils import resample
 from torch import nn
+from torchattacks.attack import Attack
 
-from common.attacks import build_attacks, perturb
+from common.attacks import autoattack, build_attacks, perturb, pgd, pgd_with_restarts
 from common.config import AAMI_CLASSES, NUM_CLASSES, EvalConfig
 from common.data import Beats
 from common.train import to_tensors
@@ -51,19 +53,60 @@ def evaluate(
     on_condition: Callable[[str, dict], None] | None = None,
 ) -> dict[str, dict]:
     """Metrics per condition (clean and each attack), attacks in fp32 with the parameters frozen."""
+    attacks = build_attacks(model, cfg.attacks)
+    chosen = {c: None if c == "clean" else attacks[c] for c in cfg.conditions}
+    return _score(model, beats, chosen, cfg, device, on_condition)
+
+
+def standard_subset(test: Beats, windows: int, seed: int) -> Beats:
+    """A fixed, stratified subset of the test set (each class in its share): the same windows in every round."""
+    if windows >= len(test):
+        return test
+    picked = resample(np.arange(len(test)), replace=False, n_samples=windows, random_state=seed, stratify=test.y)
+    return test.take(np.sort(picked))
+
+
+def evaluate_standard(
+    model: nn.Module,
+    test: Beats,
+    cfg: EvalConfig,
+    device: torch.device,
+    on_condition: Callable[[str, dict], None] | None = None,
+) -> dict[str, dict]:
+    """The field's standard attacks on the standard subset (`cfg.standard`): PGD-100 with restarts and
+    AutoAttack, beside the clean and the paper's PGD-20 results on the same windows. PGD-20 well above
+    PGD-100 or AutoAttack is the sign of gradient masking."""
+    std = cfg.standard
+    attacks = {
+        "clean-subset": None,
+        "pgd-subset": pgd(model, cfg.attacks.pgd),
+        "pgd100": pgd_with_restarts(model, std.pgd, std.pgd_restarts),
+        "autoattack": autoattack(model, std.autoattack, cfg.seed),
+    }
+    return _score(model, standard_subset(test, std.windows, cfg.seed), attacks, cfg, device, on_condition)
+
+
+def _score(
+    model: nn.Module,
+    beats: Beats,
+    attacks: dict[str, Attack | None],
+    cfg: EvalConfig,
+    device: torch.device,
+    on_condition: Callable[[str, dict], None] | None,
+) -> dict[str, dict]:
+    """Metrics per condition: the model's predictions on the windows, each attack's applied first (None: clean)."""
     model.to(device).eval()
     x, y = to_tensors(beats, device)
-    attacks = build_attacks(model, cfg.attacks)
     results: dict[str, dict] = {}
-    for condition in cfg.conditions:
+    for condition, attack in attacks.items():
         torch.manual_seed(cfg.seed)  # PGD's random start: the same draw every round
         started = time.perf_counter()
-        if condition == "clean":
+        if attack is None:
             y_pred = predict(model, x, cfg.batch_size)
         else:
             y_pred = torch.cat(
                 [
-                    predict(model, perturb(attacks[condition], xb, yb), cfg.batch_size)
+                    predict(model, perturb(attack, xb, yb), cfg.batch_size)
                     for xb, yb in zip(x.split(cfg.batch_size), y.split(cfg.batch_size), strict=True)
                 ]
             )

@@ -39,9 +39,9 @@ import wfdb
 from flwr.app import ArrayRecord, MetricRecord, RecordDict
 from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 
-from common.config import FederationConfig, PrepareConfig, TrainConfig
-from common.data import TEST_FILE, Manifest, load_beats, prepare, up_to_date
-from common.metrics import evaluate
+from common.config import EvalConfig, FederationConfig, PrepareConfig, TrainConfig
+from common.data import TEST_FILE, Beats, Manifest, load_beats, prepare, up_to_date
+from common.metrics import evaluate, predict
 from common.model import EcgCnn, build_model
 from common.train import train
 from ecg_fat.federate import FederateOptions, default_threads, federate
@@ -64,7 +64,8 @@ GLIBC_TUNABLES = "GLIBC_TUNABLES"
 class Sizes:
     """How much work each measurement does; `quick` keeps the whole benchmark to a few minutes."""
 
-    train_windows: int  # windows trained for one epoch in the training-step comparison
+    train_windows: int  # windows trained in the training-step comparison
+    train_epochs: int  # enough for the models to beat the majority class (their comparison shows something)
     robust_test_windows: int  # test windows for the robust accuracy of those models
     repeats: int  # alternating measurements of each training variant (best one kept)
     attack_windows: int
@@ -79,8 +80,8 @@ class Sizes:
 # A scale round whose replies have not all come in by then counts the missing ones as failures (and says
 # so), instead of Flower's default of waiting an hour.
 SCALE_ROUND_TIMEOUT = 600.0
-QUICK = Sizes(640, 500, 1, 512, 2_000, 300, 300, 100, 200)
-FULL = Sizes(3_200, 2_000, 2, 2_048, None, 1_500, 1_500, 300, 1_000)
+QUICK = Sizes(640, 2, 500, 1, 512, 2_000, 300, 300, 100, 200)
+FULL = Sizes(3_200, 3, 2_000, 2, 2_048, None, 1_500, 1_500, 300, 1_000)
 
 
 @dataclass(frozen=True)
@@ -152,25 +153,50 @@ def run_worker(task: str, params: dict, tuned: bool, threads: int) -> dict:
 # ------------------------------------------------------------------------------------ sections
 
 
+def bench_limit(threads: int) -> dict:
+    """The machine's own limit, measured in this run: fp32 and bf16 matrix products with the bench's threads."""
+    return run_worker("limit", {}, True, threads)
+
+
 def bench_train(data: Path, sizes: Sizes, threads: int) -> dict:
     params = {
         "shard": str(data / "client_00.npz"), "test": str(data / TEST_FILE),
-        "train_windows": sizes.train_windows, "test_windows": sizes.robust_test_windows,
+        "train_windows": sizes.train_windows, "epochs": sizes.train_epochs, "test_windows": sizes.robust_test_windows,
     }  # fmt: skip
+    models = {variant: data.parent / f"bench-model-{variant}.pt" for variant in ("reference", "project")}
     runs: dict[str, list[dict]] = {"reference": [], "project": []}
     for _ in range(sizes.repeats):  # alternate, so that drift of the machine hits both alike
         for variant, tuned in (("reference", False), ("project", True)):
-            extra = {"save": str(data.parent / "bench-model.pt")} if variant == "project" else {}
-            runs[variant].append(run_worker("train", {**params, **extra, "variant": variant}, tuned, threads))
+            done = run_worker("train", {**params, "save": str(models[variant]), "variant": variant}, tuned, threads)
+            runs[variant].append(done)
     best = {v: max(r, key=lambda row: row["windows_per_second"]) for v, r in runs.items()}
     return {
         "train_windows": sizes.train_windows,
+        "epochs": sizes.train_epochs,
         "batch_size": TrainConfig().batch_size,
         "reference": best["reference"],
         "project": best["project"],
         "speedup": best["project"]["windows_per_second"] / best["reference"]["windows_per_second"],
         "robust_accuracy_difference_points": 100
         * abs(best["project"]["robust_accuracy"] - best["reference"]["robust_accuracy"]),
+        **compare_models(models["reference"], models["project"], load_beats(data / TEST_FILE), sizes),
+    }
+
+
+def compare_models(reference: Path, project: Path, test: Beats, sizes: Sizes) -> dict:
+    """The two trained models side by side: their weights, their clean predictions on the same test windows,
+    and how far the project's beats always answering the majority class (else the comparison shows nothing)."""
+    states = [torch.load(path, weights_only=True) for path in (reference, project)]
+    weights = max(float((states[0][k] - states[1][k]).abs().max()) for k in states[0])
+    windows = test.subsample(sizes.robust_test_windows, 0)
+    x = torch.from_numpy(windows.x)
+    predictions = [predict(_with_state(state), x, EvalConfig().batch_size).numpy() for state in states]
+    majority = np.bincount(windows.y).max() / len(windows.y)
+    return {
+        "weights_max_abs_difference": weights,
+        "prediction_agreement": float((predictions[0] == predictions[1]).mean()),
+        "majority_share": float(majority),
+        "points_above_majority": 100 * (float((predictions[1] == windows.y).mean()) - float(majority)),
     }
 
 
@@ -191,7 +217,7 @@ def bench_attack(data: Path, sizes: Sizes, threads: int) -> dict:
 
 
 def bench_evaluate(data: Path, sizes: Sizes, threads: int) -> dict:
-    model = data.parent / "bench-model.pt"
+    model = data.parent / "bench-model-project.pt"
     if not model.exists():
         torch.save(build_model(0).state_dict(), model)
     params = {"test": str(data / TEST_FILE), "windows": sizes.eval_windows, "model": str(model)}
@@ -350,6 +376,8 @@ def bench(options: BenchOptions, on_section: Callable[[str, dict], None] | None 
         "sections": {},
         "section_seconds": {},
     }
+    log.info("bench: measuring the machine's limit (fp32 and bf16 matrix products)")
+    report["limit"] = bench_limit(threads)
     runners: dict[str, Callable[[], dict]] = {
         "train": lambda: bench_train(data, options.sizes, threads),
         "attack": lambda: bench_attack(data, options.sizes, threads),
@@ -371,10 +399,14 @@ def bench(options: BenchOptions, on_section: Callable[[str, dict], None] | None 
 def target_rows(report: dict) -> list[tuple[str, float, str, float]]:
     s, rows = report["sections"], []
     if "train" in s:
-        rows.append(("training step speed-up over torchattacks loop", s["train"]["speedup"], ">=", 1.3))
-        rows.append(("robust accuracy difference (points)", s["train"]["robust_accuracy_difference_points"], "<=", 0.5))
+        t = s["train"]
+        rows.append(("training step speed-up over torchattacks loop", t["speedup"], ">=", 1.3))
+        rows.append(("training step, % of the fp32 matmul rate", limit_share(report, t["project"]), ">=", 70.0))
+        rows.append(("trained model above the majority class (points)", t["points_above_majority"], ">=", 5.0))
+        rows.append(("the two trained models agree (% of predictions)", 100 * t["prediction_agreement"], ">=", 99.0))
+        rows.append(("robust accuracy difference (points)", t["robust_accuracy_difference_points"], "<=", 0.5))
     if "evaluate" in s and report["sizes"]["eval_windows"] is None:
-        rows.append(("full 5-condition evaluation (s)", s["evaluate"]["project"]["seconds"], "<=", 45.0))
+        rows.append(("full evaluation speed-up over torchattacks", s["evaluate"]["speedup"], ">=", 3.5))
     if "federation" in s:
         rows.append(("federation overhead (x one process)", s["federation"]["overhead"], "<=", 1.10))
     for nodes, row in s.get("scale", {}).items():
@@ -382,27 +414,51 @@ def target_rows(report: dict) -> list[tuple[str, float, str, float]]:
     return rows
 
 
+def limit_share(report: dict, measured: dict) -> float:
+    """A measurement's FLOP rate as a percentage of this run's fp32 matrix-product rate."""
+    return 100 * measured["gflops_per_second"] / report["limit"]["matmul_gflops"]["float32"]
+
+
 def format_report(report: dict) -> str:
-    s = report["sections"]
-    lines = [f"ecg-fat bench ({report['mode']}) on {report['data']}", f"machine: {json.dumps(report['machine'])}", ""]
+    s, limit = report["sections"], report["limit"]["matmul_gflops"]
+    lines = [
+        f"ecg-fat bench ({report['mode']}) on {report['data']}",
+        f"machine: {json.dumps(report['machine'])}",
+        f"limit: {report['limit']['matrix_size']}x{report['limit']['matrix_size']} matrix product, "
+        f"fp32 {limit['float32']:.1f} GFLOP/s, bf16 {limit['bfloat16']:.1f} GFLOP/s "
+        "(FLOP rates below: convolutions and matrix products counted by torch, % of fp32)",
+        "",
+    ]
+
+    def flop_rate(measured: dict) -> str:
+        return f"{measured['gflops_per_second']:6.1f} GFLOP/s ({limit_share(report, measured):4.1f}%)"
+
     if "train" in s:
         t = s["train"]
         lines += [
-            f"training step, {t['train_windows']} windows x 1 epoch, batch {t['batch_size']} (trained windows/s):",
-            f"  torchattacks loop  {t['reference']['windows_per_second']:8.1f}   robust acc "
-            f"{100 * t['reference']['robust_accuracy']:.2f}%",
-            f"  project train()    {t['project']['windows_per_second']:8.1f}   robust acc "
-            f"{100 * t['project']['robust_accuracy']:.2f}%   speed-up {t['speedup']:.2f}x",
+            f"training step, {t['train_windows']} windows x {t['epochs']} epochs, batch {t['batch_size']}, "
+            f"{t['project']['mflops_per_window']:.0f} MFLOP per window (trained windows/s):",
+            f"  torchattacks loop  {t['reference']['windows_per_second']:8.1f}   {flop_rate(t['reference'])}   "
+            f"robust acc {100 * t['reference']['robust_accuracy']:.2f}%",
+            f"  project train()    {t['project']['windows_per_second']:8.1f}   {flop_rate(t['project'])}   "
+            f"robust acc {100 * t['project']['robust_accuracy']:.2f}%   speed-up {t['speedup']:.2f}x",
+            f"  the two models: weights differ by at most {t['weights_max_abs_difference']:.2e}, "
+            f"{100 * t['prediction_agreement']:.2f}% of clean predictions agree; clean accuracy "
+            f"{t['points_above_majority']:+.2f} points over always answering the majority class "
+            f"({100 * t['majority_share']:.2f}%)",
         ]
     if "attack" in s:
         lines.append("PGD-20 alone, batch 64 (windows/s):")
-        lines += [f"  {n:32s} {r['windows_per_second']:8.1f}   {r['ratio']:.2f}x" for n, r in s["attack"].items()]
+        lines += [
+            f"  {n:34s} {r['windows_per_second']:8.1f}   {r['ratio']:.2f}x   {flop_rate(r)}"
+            for n, r in s["attack"].items()
+        ]
     if "evaluate" in s:
         e = s["evaluate"]
         lines.append(f"evaluation, 5 conditions, {e['project']['windows']} windows (s):")
         for name, label in (("reference", "nn.MaxPool1d, default allocator"), ("project", "project")):
             per = "  ".join(f"{c} {v:.1f}" for c, v in e[name]["per_condition"].items())
-            lines.append(f"  {label:32s} {e[name]['seconds']:7.1f}   ({per})")
+            lines.append(f"  {label:32s} {e[name]['seconds']:7.1f}   {flop_rate(e[name])}   ({per})")
         lines.append(f"  speed-up {e['speedup']:.2f}x")
     if "federation" in s:
         f = s["federation"]

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 import torchattacks
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from common.attacks import perturb, pgd
 from common.config import EvalConfig, PgdConfig, TrainConfig
@@ -29,7 +30,7 @@ def library_pool() -> nn.Module:
     return nn.MaxPool1d(2)
 
 
-def reference_epoch(model: nn.Module, beats: Beats, cfg: TrainConfig) -> None:
+def reference_train(model: nn.Module, beats: Beats, cfg: TrainConfig) -> None:
     """The plain loop a reader of torchattacks would write: PGD, then one Adam step on concat(x, adv)."""
     seed_everything(cfg.seed)
     x, y = to_tensors(beats, torch.device("cpu"))
@@ -37,34 +38,69 @@ def reference_epoch(model: nn.Module, beats: Beats, cfg: TrainConfig) -> None:
     attack = torchattacks.PGD(
         model, eps=cfg.pgd.eps, alpha=cfg.pgd.alpha, steps=cfg.pgd.steps, random_start=cfg.pgd.random_start
     )
-    for batch in torch.randperm(len(y)).split(cfg.batch_size):
-        xb, yb = x[batch], y[batch]
-        adversarial = attack(xb, yb)
-        model.train()
-        optimizer.zero_grad()
-        loss = nn.functional.cross_entropy(model(torch.cat([xb, adversarial])), torch.cat([yb, yb]))
-        loss.backward()
-        optimizer.step()
+    for _ in range(cfg.epochs):
+        for batch in torch.randperm(len(y)).split(cfg.batch_size):
+            xb, yb = x[batch], y[batch]
+            adversarial = attack(xb, yb)
+            model.train()
+            optimizer.zero_grad()
+            loss = nn.functional.cross_entropy(model(torch.cat([xb, adversarial])), torch.cat([yb, yb]))
+            loss.backward()
+            optimizer.step()
+
+
+def flops_per_window(work: Callable[[], object], windows: int) -> float:
+    """Floating-point operations per window of `work`, counted by torch from the layers it runs (convolutions
+    and matrix products, forward and backward), not from a constant."""
+    with FlopCounterMode(display=False) as counter:
+        work()
+    return counter.get_total_flops() / windows
+
+
+def task_limit(params: dict) -> dict:
+    """What this machine's cores do at best with these threads: GFLOP/s of a large matrix product, best of a
+    few, in fp32 and in bf16 (which only hardware with bf16 units runs fast)."""
+    n, rates = 2048, {}
+    for dtype in (torch.float32, torch.bfloat16):
+        a, b = torch.rand(n, n, dtype=dtype), torch.rand(n, n, dtype=dtype)
+        a @ b  # warm-up
+        best = float("inf")
+        for _ in range(5):
+            started = time.perf_counter()
+            a @ b
+            best = min(best, time.perf_counter() - started)
+        rates[str(dtype).removeprefix("torch.")] = 2 * n**3 / best / 1e9
+    return {"matmul_gflops": rates, "matrix_size": n}
+
+
+def trained(variant: str, beats: Beats, cfg: TrainConfig) -> nn.Module:
+    """A model from seed 0 trained by the project's `train()` or by the reference loop."""
+    if variant == "reference":
+        model = build_model(0, pool=library_pool)
+        reference_train(model, beats, cfg)
+    else:
+        model = build_model(0)
+        train(model, beats, cfg, torch.device("cpu"))
+    return model
 
 
 def task_train(params: dict) -> dict:
     shard = load_beats(Path(params["shard"])).subsample(params["train_windows"], 0)
     test = load_beats(Path(params["test"])).subsample(params["test_windows"], 0)
-    cfg = TrainConfig(epochs=1)
+    cfg = TrainConfig(epochs=params["epochs"])
     started = time.perf_counter()
-    if params["variant"] == "reference":
-        model = build_model(0, pool=library_pool)
-        reference_epoch(model, shard, cfg)
-    else:
-        model = build_model(0)
-        train(model, shard, cfg, torch.device("cpu"))
+    model = trained(params["variant"], shard, cfg)
     seconds = time.perf_counter() - started
-    if params.get("save"):
-        torch.save(model.state_dict(), params["save"])
+    torch.save(model.state_dict(), params["save"])
     robust = evaluate(model, test, EvalConfig(conditions=("clean", "pgd")), torch.device("cpu"))
+    batch, one_epoch = shard.subsample(cfg.batch_size, 0), cfg.model_copy(update={"epochs": 1})
+    flops = flops_per_window(lambda: trained(params["variant"], batch, one_epoch), len(batch))
     return {
-        "windows_per_second": 2 * len(shard) / seconds,  # the optimiser sees clean + adversarial
+        "windows_per_second": 2 * cfg.epochs * len(shard) / seconds,  # the optimiser sees clean + adversarial
         "seconds": seconds,
+        "epochs": cfg.epochs,
+        "gflops_per_second": flops * cfg.epochs * len(shard) / seconds / 1e9,
+        "mflops_per_window": flops / 1e6,  # PGD-20 on the window, then a training step on it and its attack
         "clean_accuracy": robust["clean"]["accuracy"],
         "robust_accuracy": robust["pgd"]["accuracy"],
     }
@@ -92,7 +128,9 @@ def task_attack(params: dict) -> dict:
     started = time.perf_counter()
     for xb, yb in zip(x.split(64), y.split(64), strict=True):
         perturb(attack, xb, yb)
-    return {"windows_per_second": len(y) / (time.perf_counter() - started)}
+    rate = len(y) / (time.perf_counter() - started)
+    flops = flops_per_window(lambda: perturb(attack, x[:64], y[:64]), len(y[:64]))
+    return {"windows_per_second": rate, "gflops_per_second": rate * flops / 1e9, "mflops_per_window": flops / 1e6}
 
 
 def task_evaluate(params: dict) -> dict:
@@ -101,15 +139,26 @@ def task_evaluate(params: dict) -> dict:
     model.load_state_dict(torch.load(params["model"], weights_only=True))
     started = time.perf_counter()
     results = evaluate(model, test, EvalConfig(), torch.device("cpu"))
+    seconds = time.perf_counter() - started
+    # Counted on a slice: CW stops early per batch, so its count on the slice is an estimate for the rest.
+    sample = test.subsample(EvalConfig().batch_size, 0)
+    flops = flops_per_window(lambda: evaluate(model, sample, EvalConfig(), torch.device("cpu")), len(sample))
     return {
         "windows": len(test),
-        "seconds": time.perf_counter() - started,
+        "seconds": seconds,
+        "gflops_per_second": flops * len(test) / seconds / 1e9,
+        "mflops_per_window": flops / 1e6,
         "per_condition": {c: round(r["seconds"], 2) for c, r in results.items()},
         "accuracy": {c: r["accuracy"] for c, r in results.items()},
     }
 
 
-TASKS: dict[str, Callable[[dict], dict]] = {"train": task_train, "attack": task_attack, "evaluate": task_evaluate}
+TASKS: dict[str, Callable[[dict], dict]] = {
+    "limit": task_limit,
+    "train": task_train,
+    "attack": task_attack,
+    "evaluate": task_evaluate,
+}
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ from common.data import (
     prepare,
     up_to_date,
 )
-from common.metrics import evaluate, format_table
+from common.metrics import evaluate, evaluate_standard, format_table
 from common.model import EcgCnn, build_model, pick_device
 from common.runtime import tune_allocator
 from common.train import EpochStats, train
@@ -80,13 +80,14 @@ def require_json_dir(path: Path | None) -> None:
 def evaluate_and_print(model: nn.Module, test: Beats, cfg: EvalConfig) -> dict[str, dict]:
     """Evaluate on the test set, log each condition as it ends, print the table."""
     log.info("evaluating on %d test windows (batch %d)", len(test), cfg.batch_size)
-    results = evaluate(
-        model,
-        test,
-        cfg,
-        pick_device(),
-        on_condition=lambda c, m: log.info("  %-5s accuracy %.2f%%  (%.1f s)", c, 100 * m["accuracy"], m["seconds"]),
-    )
+
+    def show(condition: str, m: dict) -> None:
+        log.info("  %-5s accuracy %.2f%%  (%.1f s)", condition, 100 * m["accuracy"], m["seconds"])
+
+    results = evaluate(model, test, cfg, pick_device(), on_condition=show)
+    if cfg.standard.windows:
+        log.info("AutoAttack and PGD-100 on a stratified subset of %d test windows", cfg.standard.windows)
+        results |= evaluate_standard(model, test, cfg, pick_device(), on_condition=show)
     print(format_table(results))
     return results
 
@@ -190,7 +191,9 @@ def add_run_flags(
     defence = parser.add_argument_group("defence", "what the server does against a broken or malicious update")
     flags.add(defence, FederationConfig, flags.DEFENCE)
     run_flags += flags.DEFENCE
-    return run_flags + add_attack_flags(parser, with_conditions=False)  # a federated run evaluates all five
+    run_flags += add_attack_flags(parser, with_conditions=False)  # a federated run evaluates all five
+    flags.add(parser, FederationConfig, [flags.STANDARD_EVERY_ROUND])
+    return [*run_flags, flags.STANDARD_EVERY_ROUND]
 
 
 def run_config(args: argparse.Namespace, results: Path, test_path: Path) -> FederationConfig:
@@ -350,8 +353,9 @@ def add_evaluate(commands: argparse._SubParsersAction) -> None:
         "evaluate",
         help="evaluate saved weights on a test set, clean and under the attacks",
         description="Load saved weights (a run's final_model.pt or checkpoints/round_NNN.pt, or train-local "
-        "--save) and evaluate them on a prepared test set clean and under PGD, FGSM, CW and BIM, with any attack "
-        "setting or evaluation batch size: how a result depends on them, without training again.",
+        "--save) and evaluate them on a prepared test set clean and under PGD, FGSM, CW and BIM (and, with "
+        "--standard-windows, AutoAttack and PGD-100 with restarts), with any attack setting or evaluation batch "
+        "size: how a result depends on them, without training again.",
     )
     parser.add_argument("--model", type=local_path, required=True, metavar="FILE", help="weights (.pt, a state dict)")
     parser.add_argument(

@@ -56,7 +56,9 @@ ATTACKS = [
     *(_flag(f"--cw-{k}", f"evaluate.attacks.cw.{k}") for k in ("c", "kappa", "steps", "lr")),
     *(_flag(f"--bim-{k}", f"evaluate.attacks.bim.{k}") for k in ("eps", "alpha", "steps")),
     _flag("--eval-batch-size", "evaluate.batch-size"),
+    _flag("--standard-windows", "evaluate.standard.windows"),
 ]
+STANDARD_EVERY_ROUND = _flag("--standard-every-round", "evaluate.standard.every-round")
 CONDITIONS = _flag("--conditions", "evaluate.conditions")
 SEED = _flag("--seed", "seed", "train.seed", "evaluate.seed")
 MAX_TEST = _flag("--max-test-windows", "max-test-windows")

@@ -51,7 +51,7 @@ def main(grid: Grid, context: Context) -> None:
         num_rounds=cfg.num_rounds - offset,
         timeout=cfg.round_timeout,
         train_config=ConfigRecord({"seed": cfg.seed}),
-        evaluate_fn=make_evaluate_and_record_fn(test, cfg.evaluate, results, offset, resumed),
+        evaluate_fn=make_evaluate_and_record_fn(test, cfg.evaluate, results, offset, resumed, cfg.num_rounds),
     )
     final = result.arrays.to_torch_state_dict() if len(result.arrays) else state  # empty: no round ran
     results.save_final({k: v.detach().cpu() for k, v in final.items()})

@@ -9,7 +9,7 @@ from flwr.app import ArrayRecord, MetricRecord
 
 from common.config import EvalConfig
 from common.data import Beats
-from common.metrics import evaluate, progress_line
+from common.metrics import evaluate, evaluate_standard, progress_line
 from common.model import EcgCnn, pick_device
 from server.results import Results
 
@@ -19,12 +19,13 @@ class NonFiniteModel(RuntimeError):
 
 
 def make_evaluate_and_record_fn(
-    test: Beats, cfg: EvalConfig, results: Results, round_offset: int, resumed: bool
+    test: Beats, cfg: EvalConfig, results: Results, round_offset: int, resumed: bool, last_round: int
 ) -> Callable[[int, ArrayRecord], MetricRecord | None]:
     """The function Flower calls with round 0 (the initial weights) and after every round: it evaluates the
-    global model, appends the metrics to the results and writes the round's checkpoint (last: a round counts
-    as complete once its checkpoint exists). On resume the rounds are shifted by `round_offset`, and round 0
-    is the checkpoint that the earlier run already evaluated."""
+    global model (the field's standard attacks too after `last_round`, or every round when asked), appends
+    the metrics to the results and writes the round's checkpoint (last: a round counts as complete once its
+    checkpoint exists). On resume the rounds are shifted by `round_offset`, and round 0 is the checkpoint that
+    the earlier run already evaluated."""
     device = pick_device()
     model = EcgCnn()
 
@@ -40,9 +41,13 @@ def make_evaluate_and_record_fn(
                 "the run stops here (defence.validate-updates keeps such updates out)"
             )
         model.load_state_dict(state)
-        metrics = evaluate(
-            model, test, cfg, device, on_condition=lambda c, m: print(progress_line(real_round, c, m), flush=True)
-        )
+
+        def show(condition: str, metrics: dict) -> None:
+            print(progress_line(real_round, condition, metrics), flush=True)
+
+        metrics = evaluate(model, test, cfg, device, on_condition=show)
+        if cfg.standard.windows and (cfg.standard.every_round or real_round == last_round):
+            metrics |= evaluate_standard(model, test, cfg, device, on_condition=show)
         results.add_metrics(real_round, metrics)
         results.save_checkpoint(real_round, {k: v.detach().cpu() for k, v in state.items()})
         return MetricRecord(

@@ -7,17 +7,28 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 
 from common.config import FederationConfig, TrainConfig
 from common.model import build_model
 from common.train import train
-from ecg_fat.bench import SECTIONS, BenchOptions, Sizes, bench, format_report, run_federation, target_rows
-from ecg_fat.bench_worker import library_pool, reference_epoch
+from ecg_fat.bench import (
+    QUICK,
+    SECTIONS,
+    BenchOptions,
+    Sizes,
+    bench,
+    compare_models,
+    format_report,
+    run_federation,
+    target_rows,
+)
+from ecg_fat.bench_worker import flops_per_window, library_pool, reference_train
 from ecg_fat.cli import main
 from tests.conftest import synthetic_beats
 
 TINY = Sizes(
-    train_windows=128, robust_test_windows=64, repeats=1, attack_windows=64, eval_windows=64,
+    train_windows=128, train_epochs=1, robust_test_windows=64, repeats=1, attack_windows=64, eval_windows=64,
     federation_train_windows=40, federation_test_windows=40, scale_train_windows=20, scale_test_windows=40,
     scale_nodes=(4,),
 )  # fmt: skip
@@ -27,10 +38,10 @@ def test_project_training_step_equals_the_plain_torchattacks_loop():
     # Same seed, same windows: the project's train() (PairMaxPool, frozen parameters) must compute what the
     # plain torchattacks loop computes on the model with nn.MaxPool1d, so that the benchmark compares speed.
     beats = synthetic_beats(192)
-    cfg = TrainConfig(epochs=1, pgd={"steps": 3})
+    cfg = TrainConfig(epochs=2, pgd={"steps": 3})
     project, reference = build_model(0), build_model(0, pool=library_pool)
     train(project, beats, cfg, torch.device("cpu"))
-    reference_epoch(reference, beats, cfg)
+    reference_train(reference, beats, cfg)
     for name, tensor in project.state_dict().items():
         torch.testing.assert_close(tensor, reference.state_dict()[name], rtol=0, atol=1e-6, msg=name)
     assert not torch.equal(project.state_dict()["features.0.weight"], build_model(0).state_dict()["features.0.weight"])
@@ -84,3 +95,50 @@ def test_a_rerun_in_the_same_workdir_starts_from_an_empty_results_directory(tmp_
     monkeypatch.setattr("ecg_fat.bench.federate", fake_federate)
     run_federation(tmp_path / "data", tmp_path / "federation", FederationConfig(results_dir=str(results)))
     assert seen == [False]
+
+
+def test_flops_are_counted_from_the_layers():
+    # One forward: twice the multiply-adds of every convolution and linear layer, from their shapes (2.68 MFLOP).
+    model, expected, length = build_model(0), 0, 180
+    for layer in model.modules():
+        if isinstance(layer, nn.Conv1d):
+            expected += 2 * layer.in_channels * layer.kernel_size[0] * layer.out_channels * length
+            length //= 2
+        elif isinstance(layer, nn.Linear):
+            expected += 2 * layer.in_features * layer.out_features
+    with torch.inference_mode():
+        assert flops_per_window(lambda: model(torch.rand(3, 1, 180)), 3) == expected == 2_682_368
+
+
+def test_the_two_trained_models_are_compared_on_weights_and_predictions(tmp_path: Path):
+    test = synthetic_beats(200)
+    paths = {name: tmp_path / f"{name}.pt" for name in ("a", "b", "c")}
+    torch.save(build_model(0).state_dict(), paths["a"])
+    torch.save(build_model(0).state_dict(), paths["b"])
+    torch.save(build_model(1).state_dict(), paths["c"])
+    same = compare_models(paths["a"], paths["b"], test, QUICK)
+    assert same["weights_max_abs_difference"] == 0 and same["prediction_agreement"] == 1
+    majority = float(torch.bincount(torch.from_numpy(test.y)).max()) / len(test.y)
+    assert same["majority_share"] == pytest.approx(majority)
+    other = compare_models(paths["a"], paths["c"], test, QUICK)
+    assert other["weights_max_abs_difference"] > 0.01
+
+
+def test_targets_include_the_share_of_the_machines_limit_and_a_check_that_can_fail():
+    trained = {"windows_per_second": 100.0, "gflops_per_second": 30.0, "mflops_per_window": 120.0,
+               "robust_accuracy": 0.5}  # fmt: skip
+    report = {
+        "mode": "quick", "data": "synthetic", "machine": {}, "sizes": {"eval_windows": 10},
+        "limit": {"matrix_size": 2048, "matmul_gflops": {"float32": 100.0, "bfloat16": 50.0}},
+        "sections": {"train": {
+            "train_windows": 640, "epochs": 2, "batch_size": 64, "reference": trained, "project": trained,
+            "speedup": 1.0, "robust_accuracy_difference_points": 0.0, "weights_max_abs_difference": 0.0,
+            "prediction_agreement": 0.9, "majority_share": 0.8, "points_above_majority": 1.0,
+        }},
+    }  # fmt: skip
+    rows = {label: (value, op, target) for label, value, op, target in target_rows(report)}
+    assert rows["training step, % of the fp32 matmul rate"] == (30.0, ">=", 70.0)
+    assert rows["the two trained models agree (% of predictions)"] == (90.0, ">=", 99.0)
+    text = format_report(report)
+    assert "fp32 100.0 GFLOP/s" in text and "30.0 GFLOP/s (30.0%)" in text
+    assert "trained model above the majority class (points)" in text and "MISSED by 4.00" in text

@@ -100,7 +100,9 @@ def test_without_validation_fedavg_takes_anything_and_the_nan_model_stops_the_ru
     state = arrays.to_torch_state_dict()
     assert not torch.isfinite(state["classifier.5.bias"]).all()
     results = Results(tmp_path / "run")
-    evaluate_round = make_evaluate_and_record_fn(synthetic_beats(20), FederationConfig().evaluate, results, 0, False)
+    evaluate_round = make_evaluate_and_record_fn(
+        synthetic_beats(20), FederationConfig().evaluate, results, 0, False, 10
+    )
     with pytest.raises(NonFiniteModel, match=r"round 1: the global model holds non-finite values in features\.0"):
         evaluate_round(1, arrays)
     assert results.read_jsonl("metrics") == []  # nothing reported for it

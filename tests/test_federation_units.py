@@ -145,3 +145,58 @@ def test_run_status_is_asked_rarely_until_the_run_has_probably_ended(tmp_path, m
     assert status == "finished:completed"
     assert queries == [7, 7, 7]  # at the start, then at every poll once ended() said so
     assert len(polls) == 12  # ten polls without a query, one after the second query, one at the end
+
+
+def test_client_reads_the_lead_its_node_config_names(tmp_path: Path) -> None:
+    from client.app import load_local_data
+    from common.data import read_records
+
+    records = write_dataset(tmp_path / "hospital", records=2)  # two leads: MLII, V1
+    second = load_local_data(NodeConfig(data_path=records, lead="V1"))
+    np.testing.assert_array_equal(second.x, read_records(records, lead="V1").x)
+    assert not np.array_equal(second.x, load_local_data(NodeConfig(data_path=records)).x)
+
+
+def test_the_final_model_is_written_where_results_name_it(tmp_path: Path) -> None:
+    from server.results import FINAL_MODEL
+
+    results = Results(tmp_path)
+    state = build_model(3).state_dict()
+    results.save_final(state)
+    saved = torch.load(tmp_path / FINAL_MODEL, weights_only=True)
+    assert saved.keys() == state.keys() and all(torch.equal(saved[k], state[k]) for k in state)
+
+
+def test_server_paths_must_be_given_and_absolute(tmp_path: Path) -> None:
+    from server.app import _required_path
+
+    assert _required_path(str(tmp_path), "results-dir") == tmp_path
+    for bad in ("", "results/run"):
+        with pytest.raises(ConfigError, match=rf"key 'results-dir': needs an absolute path \(got '{bad}'\)"):
+            _required_path(bad, "results-dir")
+
+
+def test_the_ordered_grid_is_still_the_grid() -> None:
+    from server.strategy import _InPartitionOrder
+    from tests.helpers import FakeGrid
+
+    grid = FakeGrid([30, 10, 20], {30: 0, 20: 1})
+    ordered = _InPartitionOrder(grid, {30: 0, 20: 1, 10: None})
+    assert ordered.get_node_ids() == [30, 20, 10]  # by partition id, a node without one last
+    assert ordered.send_and_receive == grid.send_and_receive and ordered.nodes is grid.nodes
+
+
+def test_download_fetches_mitdb_once_into_the_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from common import data
+
+    calls = []
+    monkeypatch.setattr(data.wfdb, "dl_database", lambda name, dl_dir: calls.append((name, dl_dir)))
+    cache = tmp_path / "cache" / "mitdb"
+    assert data.download_mitdb(cache) == cache and cache.is_dir()
+    assert calls == [("mitdb", str(cache))]
+    for number in range(47):
+        (cache / f"{100 + number}.atr").touch()
+    data.download_mitdb(cache)
+    assert len(calls) == 2  # 47 records: incomplete, fetched again
+    (cache / "999.atr").touch()
+    assert data.download_mitdb(cache) == cache and len(calls) == 2

@@ -16,10 +16,20 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 
 from client.app import local_seed, train_round
-from common.attacks import build_attacks, perturb
-from common.config import CONDITIONS, AttackSuite, EvalConfig, FederationConfig, PrepareConfig, TrainConfig
-from common.data import Beats, load_beats, partition, prepare, read_record, save_beats
-from common.metrics import evaluate, format_table, predict, progress_line
+from common.attacks import autoattack, build_attacks, image_shape, perturb, pgd, pgd_with_restarts
+from common.config import (
+    CONDITIONS,
+    STANDARD_CONDITIONS,
+    AttackSuite,
+    AutoAttackConfig,
+    EvalConfig,
+    FederationConfig,
+    PgdConfig,
+    PrepareConfig,
+    TrainConfig,
+)
+from common.data import Beats, DataError, load_beats, partition, prepare, read_record, save_beats
+from common.metrics import evaluate, evaluate_standard, format_table, predict, progress_line, standard_subset
 from common.model import EcgCnn, build_model
 from common.train import train
 from ecg_fat.bench import write_synthetic_records
@@ -148,6 +158,11 @@ def test_local_seeds_differ_by_round_and_node() -> None:
     assert len(seeds) == 6 and local_seed(5, 1, 11) != local_seed(0, 1, 11)
 
 
+def test_local_seeds_are_the_ones_the_committed_runs_used() -> None:
+    # The committed runs under docs/results/ were trained with these seeds: another formula changes every result.
+    assert local_seed(0, 3, 7) == 3_007 and local_seed(42, 10, 1_234) == 42 + 10_000 + 234
+
+
 # ----------------------------------------------------------------------------- the strategy
 
 
@@ -199,7 +214,7 @@ def test_resumed_round_numbers_shift_through_the_evaluation_function(tmp_path: P
     results = Results(tmp_path)
     results.start(FederationConfig())
     cfg = EvalConfig(conditions=("clean",))
-    evaluate_round = make_evaluate_and_record_fn(test, cfg, results, round_offset=3, resumed=True)
+    evaluate_round = make_evaluate_and_record_fn(test, cfg, results, round_offset=3, resumed=True, last_round=10)
     state = build_model(1).state_dict()
     assert evaluate_round(0, ArrayRecord(state)) is None  # the checkpoint the earlier run evaluated already
     assert results.read_jsonl("metrics") == [] and results.last_complete_round() is None
@@ -213,7 +228,7 @@ def test_resumed_round_numbers_shift_through_the_evaluation_function(tmp_path: P
 
     fresh = Results(tmp_path / "fresh")
     fresh.start(FederationConfig())
-    make_evaluate_and_record_fn(test, cfg, fresh, round_offset=0, resumed=False)(0, ArrayRecord(state))
+    make_evaluate_and_record_fn(test, cfg, fresh, round_offset=0, resumed=False, last_round=10)(0, ArrayRecord(state))
     assert [r["round"] for r in fresh.read_jsonl("metrics")] == [0]  # a new run evaluates its initial weights
 
 
@@ -315,7 +330,7 @@ def test_evaluation_prints_a_progress_line_per_condition(tmp_path: Path, capsys:
     results = Results(tmp_path)
     results.start(FederationConfig())
     cfg = EvalConfig(conditions=("clean", "fgsm"))
-    make_evaluate_and_record_fn(test, cfg, results, round_offset=2, resumed=False)(
+    make_evaluate_and_record_fn(test, cfg, results, round_offset=2, resumed=False, last_round=10)(
         1, ArrayRecord(EcgCnn().state_dict())
     )
     lines = capsys.readouterr().out.splitlines()
@@ -372,3 +387,106 @@ def test_sampling_follows_partitions_not_flowers_node_ids(tmp_path: Path, task_i
     first = partitions_sampled([901, 17, 5550, 23, 7, 3001])
     again = partitions_sampled([44, 9090, 12, 808, 66666, 3])
     assert first == again and len({tuple(r) for r in first}) > 1
+
+
+# ----------------------------------------------------------------------------- partitions: reproducible
+
+
+def test_patient_and_dirichlet_partitions_follow_the_seed_and_only_the_seed() -> None:
+    # Twelve records of equal size: which shard each goes to is decided by the seed alone (seeded ties).
+    records = np.repeat([f"r{i:02d}" for i in range(12)], 10)
+    labels = np.tile(np.arange(5), 24)
+    beats = Beats(np.zeros((120, 1, 180), np.float32), labels, records)
+    for scheme in ("patient", "dirichlet"):
+        drawn = [partition(beats, PrepareConfig(clients=4, partition=scheme, seed=seed)) for seed in (0, 0, 1)]
+        assert all(np.array_equal(a, b) for a, b in zip(drawn[0], drawn[1], strict=True)), scheme
+        assert not all(np.array_equal(a, b) for a, b in zip(drawn[0], drawn[2], strict=True)), scheme
+
+
+def test_dirichlet_gives_up_after_100_draws_and_says_so() -> None:
+    beats = Beats(np.zeros((6, 1, 180), np.float32), np.zeros(6, np.int64), np.full(6, "r"))
+    with pytest.raises(DataError, match=r"alpha 0\.01 left a client empty in 100 draws"):
+        partition(beats, PrepareConfig(clients=6, partition="dirichlet", alpha=0.01))
+
+
+# ----------------------------------------------------------------------------- the field's standard attacks
+
+QUICK_AUTOATTACK = AutoAttackConfig(eps=0.2, apgd_steps=5, apgd_t_steps=3, fab_steps=3, square_queries=20)
+
+
+def test_autoattack_is_the_four_components_with_the_counts_set(trained: EcgCnn) -> None:
+    ensemble = autoattack(trained, AutoAttackConfig(), seed=3).attack.attacks
+    assert [type(a).__name__ for a in ensemble] == ["APGD", "APGDT", "FAB", "Square"]
+    apgd, apgdt, fab, square = ensemble
+    assert (apgd.steps, apgd.loss, apgdt.steps, fab.steps, square.n_queries) == (100, "ce", 100, 100, 5000)
+    assert apgdt.n_target_classes == 4 and fab.n_target_classes == 4 and fab.multi_targeted
+    assert {a.eps for a in ensemble} == {8 / 255} and {a.seed for a in ensemble} == {3}
+    assert {a.n_restarts for a in ensemble} == {1} and {a.norm for a in ensemble} == {"Linf"}
+
+
+def test_autoattack_is_at_least_as_strong_as_its_first_component(
+    learnable: tuple[Beats, Beats], trained: EcgCnn
+) -> None:
+    test = learnable[1].subsample(48, 0)
+    x, y = torch.from_numpy(test.x), torch.from_numpy(test.y)
+    ensemble = autoattack(trained, QUICK_AUTOATTACK, seed=0)
+    adversarial = perturb(ensemble, x, y)
+    assert adversarial.shape == x.shape and float((adversarial - x).abs().max()) <= 0.2 + 1e-6
+    first = perturb(ensemble.attack.attacks[0], x.reshape(48, 1, *image_shape(180)), y).reshape(x.shape)
+    robust = (predict(trained, adversarial, 48) == y).float().mean()
+    assert robust <= (predict(trained, first, 48) == y).float().mean()
+    assert robust < (predict(trained, x, 48) == y).float().mean() - 0.2
+
+
+def test_pgd_restarts_break_at_least_what_one_start_breaks(learnable: tuple[Beats, Beats], trained: EcgCnn) -> None:
+    test = learnable[1].subsample(48, 0)
+    x, y = torch.from_numpy(test.x), torch.from_numpy(test.y)
+    cfg = PgdConfig(eps=0.1, alpha=0.02, steps=3)
+    assert type(pgd_with_restarts(trained, cfg, 1)).__name__ == "PGD"
+    restarts = pgd_with_restarts(trained, cfg, 4)
+    assert len(restarts.attacks) == 4
+    torch.manual_seed(0)
+    once = (predict(trained, perturb(pgd(trained, cfg), x, y), 48) == y).float().mean()
+    torch.manual_seed(0)  # the first restart draws the same start as the single run
+    assert (predict(trained, perturb(restarts, x, y), 48) == y).float().mean() <= once
+
+
+def test_windows_are_seen_as_the_most_nearly_square_image() -> None:
+    assert image_shape(180) == (12, 15) and image_shape(7) == (1, 7) and image_shape(64) == (8, 8)
+
+
+def test_the_standard_subset_is_fixed_and_stratified() -> None:
+    y = np.repeat(np.arange(5), [700, 150, 100, 40, 10])
+    test = Beats(np.zeros((1000, 1, 180), np.float32), y, np.full(1000, "r"))
+    subset = standard_subset(test, 100, seed=0)
+    assert np.bincount(subset.y).tolist() == [70, 15, 10, 4, 1]
+    assert np.array_equal(subset.x, standard_subset(test, 100, seed=0).x)
+    assert standard_subset(test, 5000, seed=0) is test
+
+
+def test_standard_attacks_run_after_the_last_round_only_unless_asked(
+    tmp_path: Path, learnable: tuple[Beats, Beats], trained: EcgCnn
+) -> None:
+    test = learnable[1].subsample(60, 0)
+    standard = {"windows": 30, "autoattack": QUICK_AUTOATTACK, "pgd": {"eps": 0.2, "alpha": 0.05, "steps": 3}}
+    state = ArrayRecord(trained.state_dict())
+    for every_round, expected in ((False, [3]), (True, [2, 3])):
+        results = Results(tmp_path / str(every_round))
+        results.start(FederationConfig())
+        cfg = EvalConfig(conditions=("clean",), standard=standard | {"every_round": every_round})
+        evaluate_round = make_evaluate_and_record_fn(test, cfg, results, 0, False, last_round=3)
+        for server_round in (2, 3):
+            evaluate_round(server_round, state)
+        rows = results.read_jsonl("metrics")
+        assert [r["round"] for r in rows if r["condition"] == "autoattack"] == expected
+        assert [r["condition"] for r in rows if r["round"] == 3] == ["clean", *STANDARD_CONDITIONS]
+    scored = evaluate_standard(trained, test, cfg, CPU)
+    assert {r["condition"]: r["accuracy"] for r in rows if r["round"] == 3 and r["condition"] != "clean"} == {
+        c: m["accuracy"] for c, m in scored.items()
+    }
+    subset = standard_subset(test, 30, cfg.seed)
+    assert (
+        scored["clean-subset"]["accuracy"]
+        == (predict(trained, torch.from_numpy(subset.x), 30).numpy() == subset.y).mean()
+    )
+    assert scored["autoattack"]["accuracy"] < scored["clean-subset"]["accuracy"]

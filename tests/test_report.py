@@ -118,3 +118,24 @@ def test_the_html_page_stands_alone_and_shows_tables_and_figures_in_a_browser(ru
     # matplotlib's first two line colours (C0 blue, C1 orange): the figures were drawn on the page
     for colour in ((31, 119, 180), (255, 127, 14)):
         assert (abs(pixels - colour).sum(-1) < 30).sum() > 500, colour
+
+
+def test_the_standard_attacks_table_flags_a_gap_that_suggests_gradient_masking(tmp_path: Path) -> None:
+    from ecg_fat.report import load_run, standard_table
+
+    run_dir = tmp_path / "fat"
+    results = Results(run_dir)
+    results.start(FederationConfig())
+
+    def metrics(accuracy: float) -> dict:
+        return {"accuracy": accuracy, "precision": 0.5, "recall": 0.5, "f1": 0.5, "recall_per_class": {}, "seconds": 1}
+
+    results.add_metrics(2, {"clean": metrics(0.9)})
+    standard = {"clean-subset": 0.9, "pgd-subset": 0.8, "pgd100": 0.75, "autoattack": 0.7}
+    results.add_metrics(2, {c: metrics(a) for c, a in standard.items()})
+    lines = standard_table([load_run(run_dir)])
+    assert lines[0] == "| run | Clean | PGD-20 | PGD-100, restarts | AutoAttack | PGD-20 minus AutoAttack |"
+    assert lines[2] == "| fat (round 2) | 90.00 | 80.00 | 75.00 | 70.00 | **+10.00: gradient masking?** |"
+    results.add_metrics(3, {c: metrics(a) for c, a in (standard | {"autoattack": 0.79}).items()})
+    assert standard_table([load_run(run_dir)])[2].endswith("| 80.00 | 75.00 | 79.00 | +1.00 |")
+    assert standard_table([]) == []
