@@ -276,6 +276,24 @@ def test_a_shard_with_a_non_finite_window_is_refused(tmp_path: Path, bad: float)
         load_beats(tmp_path / "shard.npz")
 
 
+class _WritesAFileWhenUnpickled:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple:
+        return (open, (str(self.path), "w"))
+
+
+def test_a_shard_holding_pickled_objects_is_refused_without_unpickling_them(tmp_path: Path) -> None:
+    # A shard comes from disk or a site; unpickling runs whatever code the file names.
+    marker = tmp_path / "unpickled"
+    records = np.array([_WritesAFileWhenUnpickled(marker)] * 2, dtype=object)
+    np.savez(tmp_path / "evil.npz", x=np.zeros((2, 1, 180), np.float32), y=np.zeros(2, np.int64), record=records)
+    with pytest.raises(DataError, match=r"evil\.npz: not a shard file"):
+        load_beats(tmp_path / "evil.npz")
+    assert not marker.exists()
+
+
 def test_strategy_records_failures_and_shifts_rounds_on_resume(tmp_path: Path, task_identity) -> None:
     """A resumed run (3 rounds checkpointed) numbers on from 4; a node that failed is recorded with Flower's
     reason, one that never answered as 'no reply', and an error Flower reports from the SuperLink's own id
