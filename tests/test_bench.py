@@ -23,7 +23,7 @@ from ecg_fat.bench import (
     run_federation,
     target_rows,
 )
-from ecg_fat.bench_worker import flops_per_window, library_pool, reference_train
+from ecg_fat.bench_worker import flops_per_window, library_pool, reference_train, trained
 from ecg_fat.cli import main
 from tests.conftest import synthetic_beats
 
@@ -142,3 +142,13 @@ def test_targets_include_the_share_of_the_machines_limit_and_a_check_that_can_fa
     text = format_report(report)
     assert "fp32 100.0 GFLOP/s" in text and "30.0 GFLOP/s (30.0%)" in text
     assert "trained model above the majority class (points)" in text and "MISSED by 4.00" in text
+
+
+def test_a_fat_training_window_costs_what_its_layers_add_up_to():
+    # Counted through the attacks' input gradients: 20 PGD steps (forward and input backward), then a training
+    # step (forward, input and weight backward) on the window and its adversarial copy. The two loops agree.
+    beats = synthetic_beats(8)
+    counts = {
+        v: flops_per_window(lambda v=v: trained(v, beats, TrainConfig(epochs=1)), 8) for v in ("project", "reference")
+    }
+    assert counts == {"project": 123_354_368, "reference": 123_354_368}

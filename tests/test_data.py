@@ -410,3 +410,34 @@ def test_mitdb_first_lead_is_mlii_except_three_records(mitdb: Path) -> None:
 def test_write_dataset_helper_makes_every_class(tmp_path: Path) -> None:
     beats = read_records(write_dataset(tmp_path / "d", records=2))
     assert set(beats.y.tolist()) == {0, 1, 2, 3, 4}
+
+
+def test_an_inter_patient_split_without_training_records_is_refused(tmp_path: Path) -> None:
+    beats = read_records(write_dataset(tmp_path / "only-100", records=1))  # 100 is a DS2 (test) record
+    with pytest.raises(DataError, match=r"no window of DS1 \(training\) records"):
+        split_train_test(beats, PrepareConfig(split="inter-patient"))
+
+
+def test_one_iid_client_holds_every_window() -> None:
+    beats = synthetic_beats(30)
+    assert [shard.tolist() for shard in partition(beats, PrepareConfig(clients=1))] == [list(range(30))]
+
+
+def test_a_missing_lead_is_named_with_the_records_header(tmp_path: Path) -> None:
+    from common.data import leads_read
+
+    records = write_dataset(tmp_path / "records", records=1)
+    assert leads_read(records, "V1") == {"100": "V1"}
+    with pytest.raises(DataError, match=r"100\.hea: no lead named 'V5'"):
+        leads_read(records, "V5")
+
+
+def test_shards_prepared_from_other_records_are_not_up_to_date(tmp_path: Path) -> None:
+    from common.data import up_to_date
+
+    first, second = write_dataset(tmp_path / "a", records=3), write_dataset(tmp_path / "b", records=3)
+    settings = PrepareConfig(clients=2)
+    prepare(first, tmp_path / "out", settings)
+    assert up_to_date(tmp_path / "out", first, settings) is not None
+    assert up_to_date(tmp_path / "out", None, settings) is not None
+    assert up_to_date(tmp_path / "out", second, settings) is None

@@ -276,6 +276,25 @@ def test_a_shard_with_a_non_finite_window_is_refused(tmp_path: Path, bad: float)
         load_beats(tmp_path / "shard.npz")
 
 
+@pytest.mark.parametrize(
+    ("x", "y", "why"),
+    [
+        (np.zeros((3, 2, 180), np.float32), np.zeros(3, np.int64), "windows must be float32 shaped"),
+        (np.zeros((3, 1, 180), np.float32), np.zeros(3, np.int32), "labels must be int64"),
+        (np.zeros((3, 1, 180), np.float32), np.array([0, 4, 5]), r"labels must lie in 0\.\.4, found 0\.\.5"),
+    ],
+)
+def test_a_malformed_shard_is_refused(tmp_path: Path, x: np.ndarray, y: np.ndarray, why: str) -> None:
+    np.savez(tmp_path / "shard.npz", x=x, y=y)
+    with pytest.raises(DataError, match=why):
+        load_beats(tmp_path / "shard.npz")
+
+
+def test_a_shard_without_record_names_has_empty_ones(tmp_path: Path) -> None:
+    np.savez(tmp_path / "shard.npz", x=np.zeros((3, 1, 180), np.float32), y=np.zeros(3, np.int64))
+    assert load_beats(tmp_path / "shard.npz").record.tolist() == ["", "", ""]
+
+
 class _WritesAFileWhenUnpickled:
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -421,6 +440,12 @@ def test_patient_and_dirichlet_partitions_follow_the_seed_and_only_the_seed() ->
         assert not all(np.array_equal(a, b) for a, b in zip(drawn[0], drawn[2], strict=True)), scheme
 
 
+def test_dirichlet_accepts_a_draw_that_leaves_a_client_one_window() -> None:
+    beats = Beats(np.zeros((5, 1, 180), np.float32), np.zeros(5, np.int64), np.full(5, "r"))
+    shards = partition(beats, PrepareConfig(clients=4, partition="dirichlet", alpha=100.0))
+    assert sorted(len(shard) for shard in shards) == [1, 1, 1, 2]
+
+
 def test_dirichlet_gives_up_after_100_draws_and_says_so() -> None:
     beats = Beats(np.zeros((6, 1, 180), np.float32), np.zeros(6, np.int64), np.full(6, "r"))
     with pytest.raises(DataError, match=r"alpha 0\.01 left a client empty in 100 draws"):
@@ -450,6 +475,7 @@ def test_autoattack_is_at_least_as_strong_as_its_first_component(
     ensemble = autoattack(trained, QUICK_AUTOATTACK, seed=0)
     adversarial = perturb(ensemble, x, y)
     assert adversarial.shape == x.shape and float((adversarial - x).abs().max()) <= 0.2 + 1e-6
+    assert perturb(ensemble, x[:1], y[:1]).shape == (1, 1, 180)  # one window: an image of its own
     first = perturb(ensemble.attack.attacks[0], x.reshape(48, 1, *image_shape(180)), y).reshape(x.shape)
     robust = (predict(trained, adversarial, 48) == y).float().mean()
     assert robust <= (predict(trained, first, 48) == y).float().mean()
@@ -460,7 +486,8 @@ def test_pgd_restarts_break_at_least_what_one_start_breaks(learnable: tuple[Beat
     test = learnable[1].subsample(48, 0)
     x, y = torch.from_numpy(test.x), torch.from_numpy(test.y)
     cfg = PgdConfig(eps=0.1, alpha=0.02, steps=3)
-    assert type(pgd_with_restarts(trained, cfg, 1)).__name__ == "PGD"
+    single = pgd_with_restarts(trained, cfg, 1)
+    assert type(single).__name__ == "PGD" and single.model is trained
     restarts = pgd_with_restarts(trained, cfg, 4)
     assert len(restarts.attacks) == 4
     torch.manual_seed(0)
@@ -471,19 +498,39 @@ def test_pgd_restarts_break_at_least_what_one_start_breaks(learnable: tuple[Beat
 
 def test_windows_are_seen_as_the_most_nearly_square_image() -> None:
     assert image_shape(180) == (12, 15) and image_shape(7) == (1, 7) and image_shape(64) == (8, 8)
+    assert image_shape(12) == (3, 4)
 
 
 def test_the_standard_subset_is_fixed_and_stratified() -> None:
     y = np.repeat(np.arange(5), [700, 150, 100, 40, 10])
-    test = Beats(np.zeros((1000, 1, 180), np.float32), y, np.full(1000, "r"))
+    x = np.arange(1000, dtype=np.float32).repeat(180).reshape(1000, 1, 180)  # window i holds i
+    test = Beats(x, y, np.full(1000, "r"))
     subset = standard_subset(test, 100, seed=0)
     assert np.bincount(subset.y).tolist() == [70, 15, 10, 4, 1]
-    assert np.array_equal(subset.x, standard_subset(test, 100, seed=0).x)
-    assert standard_subset(test, 5000, seed=0) is test
+    picked = subset.x[:, 0, 0]
+    assert len(set(picked)) == 100 and np.all(np.diff(picked) > 0)  # distinct windows, in test-set order
+    assert np.array_equal(picked, standard_subset(test, 100, seed=0).x[:, 0, 0])
+    assert not np.array_equal(picked, standard_subset(test, 100, seed=1).x[:, 0, 0])
+    assert standard_subset(test, 1000, seed=0) is test and standard_subset(test, 5000, seed=0) is test
+
+
+def test_the_standard_attacks_score_the_seeds_subset_and_report_each_condition(trained: EcgCnn) -> None:
+    from common.metrics import classification_metrics
+
+    rng = np.random.default_rng(1)  # noise with random labels: the score depends on which windows are in
+    test = Beats(rng.random((60, 1, 180), dtype=np.float32), rng.integers(0, 5, 60), np.full(60, "r"))
+    standard = {"windows": 20, "autoattack": QUICK_AUTOATTACK, "pgd": {"steps": 1}, "pgd_restarts": 2}
+    cfg = EvalConfig(seed=7, standard=standard)
+    seen: list[str] = []
+    scored = evaluate_standard(trained, test, cfg, CPU, on_condition=lambda c, m: seen.append(c))
+    assert seen == list(STANDARD_CONDITIONS)
+    subset = standard_subset(test, 20, 7)
+    expected = classification_metrics(subset.y, predict(trained, torch.from_numpy(subset.x), 20).numpy())
+    assert scored["clean-subset"]["confusion"] == expected["confusion"]
 
 
 def test_standard_attacks_run_after_the_last_round_only_unless_asked(
-    tmp_path: Path, learnable: tuple[Beats, Beats], trained: EcgCnn
+    tmp_path: Path, learnable: tuple[Beats, Beats], trained: EcgCnn, capsys: pytest.CaptureFixture
 ) -> None:
     test = learnable[1].subsample(60, 0)
     standard = {"windows": 30, "autoattack": QUICK_AUTOATTACK, "pgd": {"eps": 0.2, "alpha": 0.05, "steps": 3}}
@@ -498,6 +545,8 @@ def test_standard_attacks_run_after_the_last_round_only_unless_asked(
         rows = results.read_jsonl("metrics")
         assert [r["round"] for r in rows if r["condition"] == "autoattack"] == expected
         assert [r["condition"] for r in rows if r["round"] == 3] == ["clean", *STANDARD_CONDITIONS]
+        shown = [line.split()[2] for line in capsys.readouterr().out.splitlines() if line.startswith("round  3")]
+        assert shown == ["clean", *STANDARD_CONDITIONS]  # a progress line for each
     scored = evaluate_standard(trained, test, cfg, CPU)
     assert {r["condition"]: r["accuracy"] for r in rows if r["round"] == 3 and r["condition"] != "clean"} == {
         c: m["accuracy"] for c, m in scored.items()
