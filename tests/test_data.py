@@ -441,3 +441,30 @@ def test_shards_prepared_from_other_records_are_not_up_to_date(tmp_path: Path) -
     assert up_to_date(tmp_path / "out", first, settings) is not None
     assert up_to_date(tmp_path / "out", None, settings) is not None
     assert up_to_date(tmp_path / "out", second, settings) is None
+
+
+def test_prepare_keeps_the_window_and_record_names_and_drops_stale_shards(tmp_path: Path) -> None:
+    records = write_dataset(tmp_path / "records", records=4)
+    out = tmp_path / "a" / "b" / "prepared"  # made with its parents
+    prepare(records, out, PrepareConfig(clients=4, window={"before": 50, "after": 70}))
+    shard = load_beats(out / "client_00.npz")
+    assert shard.x.shape[1:] == (1, 120) and set(shard.record) <= {"100", "101", "102", "103"}
+    prepare(records, out, PrepareConfig(clients=2))
+    assert sorted(p.name for p in out.glob("client_*.npz")) == ["client_00.npz", "client_01.npz"]
+
+
+def test_an_inter_patient_split_without_test_records_is_refused(tmp_path: Path) -> None:
+    directory = write_dataset(tmp_path / "records", records=2)  # 100 (DS2) and 101 (DS1)
+    for suffix in (".hea", ".dat", ".atr"):
+        (directory / f"100{suffix}").unlink()
+    with pytest.raises(DataError, match=r"no window of DS2 \(test\) records"):
+        split_train_test(read_records(directory), PrepareConfig(split="inter-patient"))
+
+
+def test_a_class_of_two_windows_is_split_and_a_class_of_one_stays_in_training() -> None:
+    y = np.array([0] * 20 + [3, 3] + [4])
+    beats = synthetic_beats(len(y))
+    beats = type(beats)(beats.x, y, beats.record)
+    train, test = split_train_test(beats, PrepareConfig(test_fraction=0.5))
+    assert (y[train] == 3).sum() == 1 and (y[test] == 3).sum() == 1
+    assert (y[train] == 4).sum() == 1 and (y[test] == 4).sum() == 0

@@ -164,3 +164,12 @@ def test_the_poisoned_node_changes_only_what_it_says(tmp_path: Path) -> None:
         1e6 * (trained["features.0.bias"] - GLOBAL["features.0.bias"]).numpy(),
         rtol=1e-3,
     )
+
+
+def test_the_update_norm_is_the_distance_from_the_global_model(task_identity) -> None:
+    from server.validation import update_norm
+
+    global_arrays = {"a": np.ones((2, 2)), "b": np.zeros(3)}
+    sent = {"a": torch.tensor([[4.0, 1.0], [1.0, 1.0]]), "b": torch.tensor([0.0, 4.0, 0.0])}
+    reply = Message(RecordDict({"arrays": ArrayRecord(sent)}), dst_node_id=1, message_type="train")
+    assert update_norm(reply, global_arrays) == 5.0  # sqrt(3^2 + 4^2)

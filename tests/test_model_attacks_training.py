@@ -212,3 +212,32 @@ def test_evaluate_cli_names_a_bad_model_file(tmp_path: Path, capsys: pytest.Capt
     torch.save({"weight": torch.zeros(3)}, tmp_path / "other.pt")
     assert main([*args, str(tmp_path / "other.pt")]) == 2
     assert "not weights of this model" in capsys.readouterr().err
+
+
+def test_epoch_stats_are_the_loss_and_accuracy_the_optimiser_saw() -> None:
+    beats = synthetic_beats(40)
+    cfg = TrainConfig(epochs=2, batch_size=16, lr=3e-3, adversarial=False, seed=5)
+    model = build_model(0)
+    history = train(model, beats, cfg, torch.device("cpu"))
+    # The same loop, written out (lr 3e-3, not Adam's default).
+    from common.train import seed_everything
+
+    reference = build_model(0)
+    seed_everything(5)
+    optimizer = torch.optim.Adam(reference.parameters(), lr=3e-3)
+    x, y = torch.from_numpy(beats.x), torch.from_numpy(beats.y)
+    for epoch in (1, 2):
+        total, correct = 0.0, 0
+        for batch in torch.randperm(40).split(16):
+            reference.train()
+            optimizer.zero_grad()
+            logits = reference(x[batch])
+            loss = torch.nn.functional.cross_entropy(logits, y[batch])
+            loss.backward()
+            optimizer.step()
+            total, correct = total + loss.item() * len(batch), correct + int((logits.argmax(1) == y[batch]).sum())
+        stats = history[epoch - 1]
+        assert (stats.epoch, stats.windows, stats.accuracy) == (epoch, 40, correct / 40)
+        assert stats.loss == pytest.approx(total / 40, abs=1e-6) and 0 < stats.seconds < 60
+    for name, tensor in reference.state_dict().items():
+        torch.testing.assert_close(model.state_dict()[name], tensor, rtol=0, atol=1e-6, msg=name)
