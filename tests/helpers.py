@@ -33,18 +33,29 @@ def key_files_in_image(client, image: str) -> str:
 
 class FakeGrid:
     """The part of Flower's Grid a strategy uses before a round: the connected nodes' ids, and their answers
-    to the partition-id query (`partitions`: node id -> partition id; a node left out has none)."""
+    to the partition-id query (`partitions`: node id -> partition id, a node left out has none; a node in
+    `failing` answers with an error). It keeps the timeout each query was sent with."""
 
-    def __init__(self, nodes: list[int], partitions: dict[int, int] | None = None) -> None:
-        self.nodes, self.partitions = nodes, partitions or {}
+    def __init__(
+        self, nodes: list[int], partitions: dict[int, object] | None = None, failing: set[int] | None = None
+    ) -> None:
+        self.nodes, self.partitions, self.failing = nodes, partitions or {}, failing or set()
+        self.timeouts: list[float] = []
 
     def get_node_ids(self) -> list[int]:
         return self.nodes
 
     def send_and_receive(self, messages: list, timeout: float) -> list:
-        from flwr.app import Message, MetricRecord, RecordDict
+        from flwr.app import Error, Message, MetricRecord, RecordDict
+
+        self.timeouts.append(timeout)
 
         def answer(node: int) -> MetricRecord:
             return MetricRecord({"partition-id": self.partitions[node]} if node in self.partitions else {})
 
-        return [Message(RecordDict({"partition": answer(m.metadata.dst_node_id)}), reply_to=m) for m in messages]
+        return [
+            Message(Error(code=0, reason="ClientApp failed"), reply_to=m)
+            if m.metadata.dst_node_id in self.failing
+            else Message(RecordDict({"partition": answer(m.metadata.dst_node_id)}), reply_to=m)
+            for m in messages
+        ]

@@ -468,3 +468,8 @@ def test_a_class_of_two_windows_is_split_and_a_class_of_one_stays_in_training() 
     train, test = split_train_test(beats, PrepareConfig(test_fraction=0.5))
     assert (y[train] == 3).sum() == 1 and (y[test] == 3).sum() == 1
     assert (y[train] == 4).sum() == 1 and (y[test] == 4).sum() == 0
+
+
+def test_only_the_named_records_are_read(tmp_path: Path) -> None:
+    directory = write_dataset(tmp_path / "records", records=3)
+    assert set(read_records(directory, names=["101"]).record) == {"101"}

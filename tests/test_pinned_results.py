@@ -557,3 +557,39 @@ def test_standard_attacks_run_after_the_last_round_only_unless_asked(
         == (predict(trained, torch.from_numpy(subset.x), 30).numpy() == subset.y).mean()
     )
     assert scored["autoattack"]["accuracy"] < scored["clean-subset"]["accuracy"]
+
+
+def test_partition_ids_are_asked_once_and_only_whole_numbers_are_kept(tmp_path: Path, task_identity) -> None:
+    from server.strategy import PARTITION_QUERY_TIMEOUT
+
+    strategy = make_strategy(FederationConfig(num_nodes=4, nodes_per_round=2), Results(tmp_path))
+    grid = FakeGrid([11, 12, 13, 14], {11: 3, 12: 1.5}, failing={14})  # 13: no partition id
+    zeros = ArrayRecord({k: torch.zeros_like(v) for k, v in EcgCnn().state_dict().items()})
+    strategy.configure_train(1, zeros, ConfigRecord({}), grid)
+    strategy.configure_train(2, zeros, ConfigRecord({}), grid)
+    assert strategy.partitions == {11: 3, 12: None, 13: None, 14: None}
+    assert grid.timeouts == [PARTITION_QUERY_TIMEOUT]  # asked once, with the query's own timeout
+
+
+def test_client_rows_carry_the_partition_and_a_round_without_valid_updates_says_so(
+    tmp_path: Path, task_identity, capsys: pytest.CaptureFixture
+) -> None:
+    cfg = FederationConfig(num_nodes=2, nodes_per_round=2)
+    results = Results(tmp_path)
+    results.start(cfg)
+    strategy = make_strategy(cfg, results)
+    zeros = {k: torch.zeros_like(v) for k, v in EcgCnn().state_dict().items()}
+    messages = strategy.configure_train(1, ArrayRecord(zeros), ConfigRecord({}), FakeGrid([21, 22], {21: 0, 22: 1}))
+    metrics = MetricRecord({"num-examples": 5, "train-loss": 0.5, "train-accuracy": 0.5, "train-seconds": 1.0})
+    nan = {k: torch.full_like(v, float("nan")) for k, v in zeros.items()}
+    replies = [Message(RecordDict({"arrays": ArrayRecord(nan), "metrics": metrics}), reply_to=m) for m in messages]
+    arrays, _ = strategy.aggregate_train(1, replies)
+    assert arrays is None  # no valid update: the global model stays
+    rows = results.read_jsonl("clients")
+    assert [(r["round"], r["node_id"], r["partition"], r["status"]) for r in rows] == [
+        (1, 21, 0, "rejected"), (1, 22, 1, "rejected"),
+    ]  # fmt: skip
+    assert "round 1: no valid update; the global model stays as it was" in capsys.readouterr().out
+    ok = [Message(RecordDict({"arrays": ArrayRecord(zeros), "metrics": metrics}), reply_to=m) for m in messages]
+    strategy.aggregate_train(2, ok)
+    assert "no valid update" not in capsys.readouterr().out
