@@ -593,3 +593,10 @@ def test_client_rows_carry_the_partition_and_a_round_without_valid_updates_says_
     ok = [Message(RecordDict({"arrays": ArrayRecord(zeros), "metrics": metrics}), reply_to=m) for m in messages]
     strategy.aggregate_train(2, ok)
     assert "no valid update" not in capsys.readouterr().out
+
+
+def test_nodes_per_round_are_sampled_even_when_only_that_many_are_connected(tmp_path: Path, task_identity) -> None:
+    strategy = make_strategy(FederationConfig(num_nodes=10, nodes_per_round=5), Results(tmp_path))
+    zeros = ArrayRecord({k: torch.zeros_like(v) for k, v in EcgCnn().state_dict().items()})
+    messages = strategy.configure_train(1, zeros, ConfigRecord({}), FakeGrid([1, 2, 3, 4, 5]))
+    assert sorted(m.metadata.dst_node_id for m in messages) == [1, 2, 3, 4, 5]  # not half of the 5 connected
