@@ -436,7 +436,7 @@ def format_report(report: dict) -> str:
     if "train" in s:
         t = s["train"]
         lines += [
-            f"training step, {t['train_windows']} windows x {t['epochs']} epochs, batch {t['batch_size']}, "
+            f"training step, {t['train_windows']} windows x {t['epochs']} epoch(s), batch {t['batch_size']}, "
             f"{t['project']['mflops_per_window']:.0f} MFLOP per window (trained windows/s):",
             f"  torchattacks loop  {t['reference']['windows_per_second']:8.1f}   {flop_rate(t['reference'])}   "
             f"robust acc {100 * t['reference']['robust_accuracy']:.2f}%",
