@@ -473,3 +473,10 @@ def test_a_class_of_two_windows_is_split_and_a_class_of_one_stays_in_training() 
 def test_only_the_named_records_are_read(tmp_path: Path) -> None:
     directory = write_dataset(tmp_path / "records", records=3)
     assert set(read_records(directory, names=["101"]).record) == {"101"}
+
+
+def test_a_record_without_a_kept_beat_leaves_the_labels_whole_numbers(tmp_path: Path) -> None:
+    write_dataset(tmp_path / "records", records=1)
+    write_record(tmp_path / "records", "101", [300, 600, 900], ["+", "+", "+"], length=1200)  # rhythm marks only
+    beats = read_records(tmp_path / "records")
+    assert beats.y.dtype == np.int64 and set(beats.record) == {"100"}

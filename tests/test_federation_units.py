@@ -200,3 +200,8 @@ def test_download_fetches_mitdb_once_into_the_cache(tmp_path: Path, monkeypatch:
     assert len(calls) == 2  # 47 records: incomplete, fetched again
     (cache / "999.atr").touch()
     assert data.download_mitdb(cache) == cache and len(calls) == 2
+
+
+def test_every_bad_key_is_named_in_one_message() -> None:
+    with pytest.raises(ConfigError, match=r"run config key 'num-rounds': .*; run config key 'train\.lr': "):
+        FederationConfig.from_run_config({"num-rounds": 0, "train.lr": -1.0})

@@ -524,6 +524,7 @@ def test_the_standard_attacks_score_the_seeds_subset_and_report_each_condition(t
     seen: list[str] = []
     scored = evaluate_standard(trained, test, cfg, CPU, on_condition=lambda c, m: seen.append(c))
     assert seen == list(STANDARD_CONDITIONS)
+    assert all(0 <= m["seconds"] < 600 for m in scored.values())
     subset = standard_subset(test, 20, 7)
     expected = classification_metrics(subset.y, predict(trained, torch.from_numpy(subset.x), 20).numpy())
     assert scored["clean-subset"]["confusion"] == expected["confusion"]
