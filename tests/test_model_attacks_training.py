@@ -241,3 +241,20 @@ def test_epoch_stats_are_the_loss_and_accuracy_the_optimiser_saw() -> None:
         assert stats.loss == pytest.approx(total / 40, abs=1e-6) and 0 < stats.seconds < 60
     for name, tensor in reference.state_dict().items():
         torch.testing.assert_close(model.state_dict()[name], tensor, rtol=0, atol=1e-6, msg=name)
+
+
+def test_every_attack_setting_reaches_the_attack() -> None:
+    from common.attacks import bim, cw, pgd
+    from common.config import BimConfig, CwConfig
+
+    model = build_model(0)
+    assert pgd(model, PgdConfig(random_start=False)).random_start is False
+    attack = cw(model, CwConfig(c=2.0, kappa=0.5, steps=3, lr=0.1))
+    assert (attack.c, attack.kappa, attack.steps, attack.lr) == (2.0, 0.5, 3, 0.1)
+    assert bim(model, BimConfig(steps=4)).steps == 4
+
+
+def test_a_subsample_is_the_seeds_and_only_the_seeds() -> None:
+    beats = synthetic_beats(50)
+    first, again, other = (beats.subsample(10, seed).x[:, 0, :3] for seed in (3, 3, 4))
+    assert np.array_equal(first, again) and not np.array_equal(first, other)
