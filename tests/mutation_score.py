@@ -30,7 +30,8 @@ def equivalents() -> dict[str, str]:
 
 
 def statuses() -> dict[str, str]:
-    out = subprocess.run(["mutmut", "results", "--all", "true"], capture_output=True, text=True, check=True).stdout
+    command = [sys.executable, "-m", "mutmut", "results", "--all", "true"]
+    out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
     pairs = (line.strip().rsplit(": ", 1) for line in out.splitlines() if ": " in line)
     return {name: status for name, status in pairs}
 
