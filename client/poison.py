@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import torch
 
-from common.config import NodeConfig
+from common.config import AttackerConfig
 
 Weights = dict[str, torch.Tensor]
 
 
-def poisoned(trained: Weights, sent: Weights, node: NodeConfig) -> Weights:
+def poisoned(trained: Weights, sent: Weights, node: AttackerConfig) -> Weights:
     """What this node replies instead of `trained`, given the global weights it was `sent`."""
     update = {name: trained[name] - sent[name] for name in trained}
     match node.poison:
@@ -31,7 +31,7 @@ def poisoned(trained: Weights, sent: Weights, node: NodeConfig) -> Weights:
         case "wrong-keys":
             return {f"{name}.evil": t for name, t in trained.items()}
         case "wrong-shape":
-            return {name: t.flatten()[:-1] if t.numel() > 1 else t.reshape(1, 1) for name, t in trained.items()}
+            return {name: t.flatten()[:-1] for name, t in trained.items()}  # every array loses an element
         case "wrong-dtype":
             return {name: t.double() for name, t in trained.items()}
-    raise AssertionError(node.poison)  # NodeConfig admits only the cases above
+    raise AssertionError(node.poison)  # AttackerConfig admits only the cases above

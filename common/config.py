@@ -7,6 +7,7 @@ objects and never re-parses strings.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal, Self
@@ -344,7 +345,24 @@ class FederationConfig(_Settings):
         return flatten("", self.model_dump(by_alias=True))
 
 
-class NodeConfig(_Settings):
+class AttackerConfig(_Settings):
+    """A malicious or broken participant, for experiments and tests of the server's defences: what a node
+    does to its update after training, and the num-examples it claims. Node config keys, like a site's data
+    path (a site that wants to attack can change its code anyway; this only makes the attacker reproducible)."""
+
+    poison: Literal["none", "scale", "sign-flip", "nan", "inf", "wrong-keys", "wrong-shape", "wrong-dtype"] = Field(
+        "none", description="what the node sends instead of its trained weights"
+    )
+    poison_scale: float = Field(1e6, description="scale: update = scale x (trained - global)")
+    claim_examples: int = Field(0, description="num-examples to claim instead of the true count (0: the truth)")
+
+    def to_node_config(self) -> str:
+        """The settings that differ from an honest node, as `flower-supernode --node-config` text."""
+        changed = self.model_dump(by_alias=True, exclude_defaults=True)
+        return " ".join(f"{key}={json.dumps(value)}" for key, value in changed.items())
+
+
+class NodeConfig(AttackerConfig):
     """A SuperNode's own settings (`flower-supernode --node-config`)."""
 
     data_path: Path = Field(description="a prepared shard (.npz) or a directory of WFDB records")
@@ -356,11 +374,6 @@ class NodeConfig(_Settings):
         description="this node's shard or site number: its training seeds and the server's sampling derive "
         "from it, so a run repeats exactly (unset: from Flower's node id, drawn anew at every launch)",
     )
-    # A malicious or broken participant, for experiments and tests of the server's defences: what this node
-    # does to its update after training, and the num-examples it claims (0: the true count).
-    poison: Literal["none", "scale", "sign-flip", "nan", "inf", "wrong-keys", "wrong-shape", "wrong-dtype"] = "none"
-    poison_scale: float = Field(1e6, description="scale: update = scale x (trained - global)")
-    claim_examples: int = Field(0, description="num-examples to claim instead of the true count (0: the truth)")
 
     _lead_index = field_validator("lead", mode="before")(staticmethod(_lead))
 

@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -15,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from common.config import ConfigError, EvalConfig, FederationConfig, PrepareConfig
+from common.config import AttackerConfig, ConfigError, EvalConfig, FederationConfig, PrepareConfig
 from common.data import (
     TEST_FILE,
     Beats,
@@ -238,6 +239,17 @@ def add_federate(commands: argparse._SubParsersAction) -> None:
         "--threads-per-node", type=int, help="torch threads per SuperNode (default: cores / nodes per round)"
     )
     flags.add(parser, PrepareConfig, FEDERATE_PREPARE_FLAGS)
+    experiments = parser.add_argument_group(
+        "experiments", "malicious participants, to measure the defences (docs/results/poisoning)"
+    )
+    experiments.add_argument(
+        "--malicious",
+        type=int,
+        default=0,
+        metavar="INT",
+        help="the nodes with partition ids 0..INT-1 attack as --poison and --claim-examples say (default 0)",
+    )
+    flags.add(experiments, AttackerConfig, flags.ATTACKER)
     parser.set_defaults(run=run_federate, run_flags=run_flags)
 
 
@@ -245,11 +257,18 @@ def run_federate(args: argparse.Namespace) -> int:
     data = args.data or args.workdir / "data"
     cfg = run_config(args, args.results or default_results(args, local_path("results")), data / TEST_FILE)
     prepare_cfg = flags.from_args(PrepareConfig, args, FEDERATE_PREPARE_FLAGS, clients=cfg.num_nodes)
+    attacker = flags.from_args(AttackerConfig, args, flags.ATTACKER)
+    if not 0 <= args.malicious <= cfg.num_nodes:
+        raise UsageError(f"--malicious {args.malicious}: must be between 0 and --nodes ({cfg.num_nodes})")
+    if args.malicious and attacker == AttackerConfig():
+        raise UsageError(f"--malicious {args.malicious}: say how they attack with --poison or --claim-examples")
     options = FederateOptions(
         workdir=args.workdir,
         source=source_dir(args) if (args.mitdb or args.download) else None,
         data=data,
         threads_per_node=args.threads_per_node or default_threads(cfg.nodes_per_round),
+        malicious=args.malicious,
+        attacker=attacker,
     )
     return federate(options, prepare_cfg, cfg)
 
@@ -600,12 +619,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler's or `kill`'s stop), raised like Ctrl-C so that every started process is stopped."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     args = build_parser().parse_args(argv)
     tune_allocator()
+    # Python's default for SIGTERM ends the process at once, skipping the `finally` that stops the SuperLink,
+    # the SuperNodes and a running ServerApp: they would train on, orphaned.
+    previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         return args.run(args)
+    except Terminated:
+        print(f"ecg-fat {args.command}: terminated", file=sys.stderr)
+        return 143
     except UsageError as error:
         print(f"ecg-fat {args.command}: error: {error}", file=sys.stderr)
         return 2
@@ -615,6 +648,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"ecg-fat {args.command}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -8,14 +8,15 @@ stops every process it started, also on Ctrl-C or failure. Exit code 0 only for 
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from certs.make_certs import make_all, node_key_path
-from common.config import FederationConfig, PrepareConfig
+from common.config import AttackerConfig, FederationConfig, PrepareConfig
 from common.data import MANIFEST, TEST_FILE, DataError, Manifest, prepare, up_to_date
 from common.metrics import format_table, progress_line
 from ecg_fat.launcher import ControlClient, LauncherError, LocalFederation
@@ -23,6 +24,7 @@ from ecg_fat.report import write_report
 from server.results import FINAL_MODEL, Results
 
 log = logging.getLogger("ecg_fat")
+ATTACK_FILE = "attack.json"  # in a results directory: which partitions attacked, and how
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,12 @@ class FederateOptions:
     data: Path
     threads_per_node: int
     connect_timeout: float = 180.0
+    malicious: int = 0  # the nodes with partition ids 0..malicious-1 attack as `attacker` says
+    attacker: AttackerConfig = field(default_factory=AttackerConfig)
+
+    def node_config(self, index: int) -> str:
+        attack = self.attacker.to_node_config() if index < self.malicious else ""
+        return f"partition-id={index} {attack}".strip()
 
 
 def ensure_prepared(options: FederateOptions, cfg: PrepareConfig) -> Manifest:
@@ -158,10 +166,12 @@ def federate(
         for index, shard in enumerate(shards):
             federation.start_supernode(
                 f"supernode-{index:02d}", shard, node_key_path(certs, index), threads=options.threads_per_node,
-                node_config=f"partition-id={index}",
+                node_config=options.node_config(index),
             )  # fmt: skip
         federation.wait_online(len(shards), timeout=options.connect_timeout)
         log.info("%d SuperNodes connected; logs in %s", len(shards), federation.logs)
+        if options.malicious:
+            log.warning("partitions 0..%d are malicious: %s", options.malicious - 1, options.attacker.to_node_config())
         run_config = run_cfg.model_copy(update={"test_path": str((options.data / TEST_FILE).resolve())})
         run_id = federation.control.submit(run_config.to_run_config())
         log.info("run %d submitted: %s", run_id, describe(run_cfg))
@@ -172,7 +182,14 @@ def federate(
             if watch:
                 watch(federation)
 
-        return follow(federation.control, run_id, run_cfg, check=superlink_alive)
+        code = follow(federation.control, run_id, run_cfg, check=superlink_alive)
+        if options.malicious and Path(run_cfg.results_dir).is_dir():  # what the results alone do not say
+            attack = {
+                "malicious-partitions": list(range(options.malicious)),
+                **options.attacker.model_dump(by_alias=True),
+            }
+            (Path(run_cfg.results_dir) / ATTACK_FILE).write_text(json.dumps(attack, indent=1) + "\n")
+        return code
     except KeyboardInterrupt:
         if run_id is not None:
             federation.control.stop_run(run_id)

@@ -85,6 +85,12 @@ DEFENCE = [
     _flag("--trim-fraction", "defence.trim-fraction"),
     _flag("--assumed-malicious", "defence.assumed-malicious"),
 ]
+# A reproducible attacker for experiments with the defences (AttackerConfig, given to `federate --malicious`'s nodes).
+ATTACKER = [
+    _flag("--poison", "poison", help="what the malicious nodes send instead of their trained weights"),
+    _flag("--poison-scale", "poison-scale"),
+    _flag("--claim-examples", "claim-examples"),
+]
 LOCAL_EPOCHS = _flag("--epochs", "train.epochs", help="epochs")
 
 

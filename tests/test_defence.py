@@ -10,11 +10,14 @@ import numpy as np
 import pytest
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.common.config import parse_config_args
 
 from client.poison import poisoned
-from common.config import ConfigError, FederationConfig, NodeConfig
+from common.config import AttackerConfig, ConfigError, FederationConfig, NodeConfig
 from common.metrics import predict
 from common.model import EcgCnn, build_model
+from ecg_fat.cli import main
+from ecg_fat.federate import FederateOptions
 from server.evaluation import NonFiniteModel, make_evaluate_and_record_fn
 from server.results import Results
 from server.strategy import make_strategy
@@ -173,3 +176,36 @@ def test_the_update_norm_is_the_distance_from_the_global_model(task_identity) ->
     sent = {"a": torch.tensor([[4.0, 1.0], [1.0, 1.0]]), "b": torch.tensor([0.0, 4.0, 0.0])}
     reply = Message(RecordDict({"arrays": ArrayRecord(sent)}), dst_node_id=1, message_type="train")
     assert update_norm(reply, global_arrays) == 5.0  # sqrt(3^2 + 4^2)
+
+
+def test_federate_makes_exactly_the_first_partitions_malicious_as_flower_reads_their_node_config(
+    tmp_path: Path,
+) -> None:
+    attacker = AttackerConfig(poison="sign-flip", poison_scale=-8.0, claim_examples=12)
+    options = FederateOptions(tmp_path, None, tmp_path, threads_per_node=1, malicious=2, attacker=attacker)
+    (tmp_path / "shard.npz").touch()
+    for index in range(4):
+        # Flower's own parser of `flower-supernode --node-config`, then the ClientApp's validation.
+        parsed = parse_config_args([f'data-path="{tmp_path / "shard.npz"}" {options.node_config(index)}'])
+        node = NodeConfig.from_node_config(parsed)
+        assert node.partition_id == index
+        assert AttackerConfig(**node.model_dump(include=set(AttackerConfig.model_fields))) == (
+            attacker if index < 2 else AttackerConfig()
+        )
+    assert AttackerConfig().to_node_config() == ""  # an honest node's config holds no attacker key
+
+
+@pytest.mark.parametrize(
+    ("flags", "named"),
+    [
+        (["--malicious", "2"], "--malicious 2: say how they attack"),
+        (["--malicious", "11", "--poison", "nan"], "--malicious 11: must be between 0 and --nodes (10)"),
+        (["--malicious", "-1", "--poison", "nan"], "--malicious -1"),
+    ],
+)
+def test_bad_attacker_flags_are_named_and_nothing_starts(
+    tmp_path: Path, capsys: pytest.CaptureFixture, flags: list[str], named: str
+) -> None:
+    assert main(["federate", "--workdir", str(tmp_path / "w"), *flags]) == 2
+    assert named in capsys.readouterr().err
+    assert not (tmp_path / "w").exists()

@@ -9,7 +9,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -280,3 +282,27 @@ def test_two_launches_of_the_same_command_give_the_same_results(shards: Path, tm
     clients = {"node_id", "train-seconds"}
     assert rows("a", "clients", clients) == rows("b", "clients", clients)
     assert [row["partition"] for row in rows("a", "clients", set())] != [None] * 4
+
+
+def test_federate_stopped_by_sigterm_stops_every_process_it_started(shards: Path, tmp_path: Path) -> None:
+    """A scheduler or `kill` stops a run with SIGTERM: nothing it started may train on, orphaned."""
+    work = tmp_path / "work"
+    command = [
+        sys.executable, "-m", "ecg_fat.cli", "federate", "--data", str(shards), "--workdir", str(work),
+        "--nodes", "3", "--rounds", "50", "--results", str(tmp_path / "results"), "--max-test-windows", "50",
+    ]  # fmt: skip
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    try:
+        for line in process.stderr:  # type: ignore[union-attr]
+            if "submitted" in line:
+                break
+        time.sleep(5)  # the ServerApp is running now
+        assert process.poll() is None
+        started = descendants(process.pid)
+        assert len(started) >= 5  # SuperLink, 3 SuperNodes, the ServerApp, ...
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=120) == 143
+        assert "ecg-fat federate: terminated" in process.stderr.read()  # type: ignore[union-attr]
+    finally:
+        process.kill()
+    assert [pid for pid in started if Path(f"/proc/{pid}").exists()] == []
