@@ -16,12 +16,15 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import wfdb
 from pydantic import BaseModel
-from sklearn.model_selection import StratifiedKFold, train_test_split
-from wfdb.io._signal import BYTES_PER_SAMPLE
+
+# wfdb (with pandas) and scikit-learn are imported where records are read or split, not here: a SuperNode that
+# trains on a prepared shard then never loads them (about 100 MB of its memory).
+if TYPE_CHECKING:
+    import wfdb
 
 from common.config import (
     AAMI_CLASSES,
@@ -163,6 +166,8 @@ def lead_index(header: wfdb.Record, lead: int | str, hea: Path) -> int:
 def _check_signal_file(header: wfdb.Record, channel: int, dat: Path, hea: Path) -> None:
     """The signal file holds exactly the samples the header announces (a truncated or swapped .dat would
     otherwise fail deep inside wfdb, or be read silently short)."""
+    from wfdb.io._signal import BYTES_PER_SAMPLE
+
     in_file = [i for i, name in enumerate(header.file_name) if name == header.file_name[channel]]
     fmt = header.fmt[channel]
     if fmt not in BYTES_PER_SAMPLE or header.sig_len is None:
@@ -185,6 +190,8 @@ def read_signal(record: Path, header: wfdb.Record, channel: int) -> np.ndarray:
     if not dat.is_file():
         raise DataError(f"{dat}: missing (record {record.name} needs it)")
     _check_signal_file(header, channel, dat, hea)
+    import wfdb
+
     try:
         signal = wfdb.rdrecord(str(record), channels=[channel]).p_signal[:, 0]
     except Exception as error:
@@ -205,6 +212,8 @@ def leads_read(directory: Path, lead: int | str) -> dict[str, str]:
 
 def read_header(record: Path) -> wfdb.Record:
     """A record's header, checked to be this record's."""
+    import wfdb
+
     hea = record.with_suffix(".hea")
     try:
         header = wfdb.rdheader(str(record))
@@ -217,6 +226,8 @@ def read_header(record: Path) -> wfdb.Record:
 
 def read_annotations(record: Path, signal_length: int) -> wfdb.Annotation:
     """A record's .atr annotations, checked to lie within its signal."""
+    import wfdb
+
     atr = record.with_suffix(".atr")
     try:
         annotation = wfdb.rdann(str(record), "atr")
@@ -291,6 +302,8 @@ def split_train_test(beats: Beats, cfg: PrepareConfig) -> tuple[np.ndarray, np.n
     splittable = np.flatnonzero(~singles)
     if len(splittable) < 2:
         raise DataError(f"only {len(beats)} window(s): too few to split into training and test sets")
+    from sklearn.model_selection import train_test_split
+
     train, test = train_test_split(
         splittable, test_size=cfg.test_fraction, stratify=beats.y[splittable], random_state=cfg.seed
     )
@@ -300,6 +313,8 @@ def split_train_test(beats: Beats, cfg: PrepareConfig) -> tuple[np.ndarray, np.n
 def _iid(labels: np.ndarray, cfg: PrepareConfig) -> list[np.ndarray]:
     if cfg.clients == 1:
         return [np.arange(len(labels))]
+    from sklearn.model_selection import StratifiedKFold
+
     folds = StratifiedKFold(n_splits=cfg.clients, shuffle=True, random_state=cfg.seed)
     with warnings.catch_warnings():
         # A class rarer than the number of clients cannot reach every shard; that is expected.
@@ -512,5 +527,7 @@ def download_mitdb(cache: Path) -> Path:
         return cache
     cache.mkdir(parents=True, exist_ok=True)
     log.info("downloading mitdb from PhysioNet into %s", cache)
+    import wfdb
+
     wfdb.dl_database("mitdb", dl_dir=str(cache))
     return cache

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import ast
 import io
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -51,3 +53,11 @@ def test_the_app_bundle_holds_only_the_apps_and_the_core() -> None:
     shipped = {name for name in names if name.endswith(".py")}
     on_disk = {str(p.relative_to(ROOT)) for package in top for p in (ROOT / package).rglob("*.py")}
     assert shipped == on_disk
+
+
+def test_a_supernode_training_on_a_shard_loads_neither_wfdb_nor_scikit_learn() -> None:
+    """Memory per SuperNode: the ClientApp reads records (wfdb, pandas) and splits data (scikit-learn) only when
+    asked to; importing it must not load them."""
+    code = "import sys, client.app; print(sorted(m for m in ('wfdb', 'pandas', 'sklearn') if m in sys.modules))"
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert loaded.strip() == "[]"

@@ -190,7 +190,7 @@ def test_download_fetches_mitdb_once_into_the_cache(tmp_path: Path, monkeypatch:
     from common import data
 
     calls = []
-    monkeypatch.setattr(data.wfdb, "dl_database", lambda name, dl_dir: calls.append((name, dl_dir)))
+    monkeypatch.setattr("wfdb.dl_database", lambda name, dl_dir: calls.append((name, dl_dir)))
     cache = tmp_path / "cache" / "mitdb"
     assert data.download_mitdb(cache) == cache and cache.is_dir()
     assert calls == [("mitdb", str(cache))]

@@ -1,0 +1,58 @@
+"""The poisoning page's tables from the arms' results directories (run.sh):
+python docs/results/poisoning/table.py docs/results/poisoning/runs
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+WARMUP_ROUND = 10  # the honest rounds every arm starts from
+
+
+def metrics(run: Path) -> dict[tuple[int, str], dict]:
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return {(row["round"], row["condition"]): row for row in rows}
+
+
+def clients(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "clients.jsonl").read_text().splitlines()]
+
+
+def describe(run: Path) -> tuple[str, str]:
+    config = json.loads((run / "config.json").read_text())
+    defence = config["defence"]
+    aggregation = defence["aggregation"] + ("" if defence["validate-updates"] else ", unchecked")
+    attack_file = run / "attack.json"
+    if not attack_file.exists():
+        return "none", aggregation
+    attack = json.loads(attack_file.read_text())
+    how = attack["poison"] if attack["poison"] != "scale" else f"scale x{attack['poison-scale']:g}"
+    return f"{len(attack['malicious-partitions'])} x {how}", aggregation
+
+
+def main(root: Path) -> None:
+    print(
+        "| attack | aggregation | attacker replies (rejected) | clean acc | clean macro-F1 | PGD-20 acc | "
+        "PGD-20 macro-F1 | clean acc, rounds 10..14 |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for run in sorted(p for p in root.iterdir() if (p / "summary.txt").exists() and p.name != "warmup"):
+        m = metrics(run)
+        last = max(r for r, _ in m)
+        attack, aggregation = describe(run)
+        attackers = json.loads((run / "attack.json").read_text())["malicious-partitions"] if attack != "none" else []
+        attacked = [c for c in clients(run) if c["round"] > WARMUP_ROUND and c["partition"] in attackers]
+        rejected = sum(c["status"] == "rejected" for c in attacked)
+        curve = " ".join(f"{100 * m[(r, 'clean')]['accuracy']:.1f}" for r in range(WARMUP_ROUND, last + 1))
+        cells = [100 * m[(last, c)][k] for c in ("clean", "pgd") for k in ("accuracy", "f1")]
+        print(
+            f"| {attack} | {aggregation} | {len(attacked)} ({rejected}) | "
+            + " | ".join(f"{v:.2f}" for v in cells)
+            + f" | {curve} |"
+        )
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]))
