@@ -243,6 +243,13 @@ class TrainConfig(_Settings):
         True, description="adversarial training, Algorithm 1 with PGD (--no-adversarial: the clean baseline)"
     )
     pgd: PgdConfig = PgdConfig()
+    # Beyond the paper (off by default): the rare arrhythmias (S, F) weigh more in the loss, by the node's
+    # own label counts (no count leaves the site).
+    class_weights: Literal["none", "balanced", "sqrt-balanced"] = Field(
+        "none",
+        description="cross-entropy class weights from the node's label counts: balanced = n / (classes present "
+        "x count), sqrt-balanced = its square root; none: the paper's unweighted loss",
+    )
     seed: int = 0
 
 

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from common.attacks import perturb, pgd
-from common.config import TrainConfig
+from common.config import NUM_CLASSES, TrainConfig
 from common.data import Beats
 
 
@@ -31,6 +31,18 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def class_weights(labels: np.ndarray, how: str) -> torch.Tensor | None:
+    """Cross-entropy weights from the label counts: scikit-learn's "balanced" n / (classes present x count)
+    (written out, so that a SuperNode does not load scikit-learn; a test keeps them equal), or its square root.
+    An absent class gets weight 0: it adds no loss term anyway."""
+    if how == "none":
+        return None
+    counts = np.bincount(labels, minlength=NUM_CLASSES)
+    present = counts > 0
+    weights = np.divide(len(labels), present.sum() * counts, out=np.zeros(NUM_CLASSES), where=present)
+    return torch.tensor(np.sqrt(weights) if how == "sqrt-balanced" else weights, dtype=torch.float32)
+
+
 def to_tensors(beats: Beats, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.from_numpy(beats.x).to(device), torch.from_numpy(beats.y).to(device)
 
@@ -47,7 +59,8 @@ def train(
     model.to(device)
     x, y = to_tensors(beats, device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    loss_fn = nn.CrossEntropyLoss()
+    weights = class_weights(beats.y, cfg.class_weights)
+    loss_fn = nn.CrossEntropyLoss(weight=None if weights is None else weights.to(device))
     attack = pgd(model, cfg.pgd) if cfg.adversarial else None
     history = []
     for epoch in range(1, cfg.epochs + 1):

@@ -66,6 +66,7 @@ TRAINING = [
     _flag("--batch-size", "train.batch-size"),
     _flag("--lr", "train.lr"),
     _flag("--adversarial", "train.adversarial"),
+    _flag("--class-weights", "train.class-weights"),
     _flag("--max-train-windows", "max-train-windows"),
     MAX_TEST,
     SEED,

@@ -214,9 +214,32 @@ def test_evaluate_cli_names_a_bad_model_file(tmp_path: Path, capsys: pytest.Capt
     assert "not weights of this model" in capsys.readouterr().err
 
 
-def test_epoch_stats_are_the_loss_and_accuracy_the_optimiser_saw() -> None:
+def reference_class_weights(labels: np.ndarray, how: str) -> torch.Tensor | None:
+    """scikit-learn's "balanced" class weights (0 for a class the labels lack), or their square root."""
+    from sklearn.utils.class_weight import compute_class_weight
+
+    if how == "none":
+        return None
+    present = np.unique(labels)
+    weights = np.zeros(5)
+    weights[present] = compute_class_weight("balanced", classes=present, y=labels)
+    return torch.tensor(np.sqrt(weights) if how == "sqrt-balanced" else weights, dtype=torch.float32)
+
+
+def test_class_weights_are_scikit_learns_balanced_weights() -> None:
+    from common.train import class_weights
+
+    labels = np.array([0] * 50 + [1] * 5 + [2] * 20 + [4] * 1)  # no F (3)
+    for how in ("balanced", "sqrt-balanced"):
+        torch.testing.assert_close(class_weights(labels, how), reference_class_weights(labels, how))
+    assert class_weights(labels, "balanced")[1] == pytest.approx(76 / (4 * 5))  # 4 classes present
+    assert class_weights(labels, "none") is None
+
+
+@pytest.mark.parametrize("weighting", ["none", "balanced", "sqrt-balanced"])
+def test_epoch_stats_are_the_loss_and_accuracy_the_optimiser_saw(weighting: str) -> None:
     beats = synthetic_beats(40)
-    cfg = TrainConfig(epochs=2, batch_size=16, lr=3e-3, adversarial=False, seed=5)
+    cfg = TrainConfig(epochs=2, batch_size=16, lr=3e-3, adversarial=False, seed=5, class_weights=weighting)
     model = build_model(0)
     history = train(model, beats, cfg, torch.device("cpu"))
     # The same loop, written out (lr 3e-3, not Adam's default).
@@ -226,13 +249,14 @@ def test_epoch_stats_are_the_loss_and_accuracy_the_optimiser_saw() -> None:
     seed_everything(5)
     optimizer = torch.optim.Adam(reference.parameters(), lr=3e-3)
     x, y = torch.from_numpy(beats.x), torch.from_numpy(beats.y)
+    weight = reference_class_weights(beats.y, weighting)
     for epoch in (1, 2):
         total, correct = 0.0, 0
         for batch in torch.randperm(40).split(16):
             reference.train()
             optimizer.zero_grad()
             logits = reference(x[batch])
-            loss = torch.nn.functional.cross_entropy(logits, y[batch])
+            loss = torch.nn.functional.cross_entropy(logits, y[batch], weight=weight)
             loss.backward()
             optimizer.step()
             total, correct = total + loss.item() * len(batch), correct + int((logits.argmax(1) == y[batch]).sum())
