@@ -75,11 +75,13 @@ def descendants(pid: int) -> list[int]:
 
 
 def _alive(pid: int) -> bool:
+    """Still running. A zombie (exited, not yet collected by its parent) is not: Flower's SuperExec leaves its
+    finished ClientApps as zombies, and counting them made every stop wait out its whole grace period."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
         return False
-    return True
+    return state != "Z"
 
 
 def _signal_all(pids: list[int], sig: signal.Signals) -> None:
@@ -237,23 +239,23 @@ class LocalFederation:
         return process
 
     def stop(self, name: str, grace: float = 10.0) -> None:
-        """SIGTERM the process and everything it spawned, SIGKILL what is left after `grace` seconds.
+        self._stop([name], grace)
+
+    def _stop(self, names: list[str], grace: float) -> None:
+        """SIGTERM the processes and everything they spawned, SIGKILL what is left after `grace` seconds.
 
         Flower's SuperLink and SuperNode start their SuperExec in a session of its own, so the whole
         process tree is collected first: a process group would miss the ServerApp and ClientApps.
         """
-        process = self.processes.pop(name, None)
-        if process is None:
-            return
-        tree = [process.pid, *descendants(process.pid)]
-        _signal_all(tree, signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            process.wait(grace)
+        processes = [process for name in names if (process := self.processes.pop(name, None)) is not None]
+        everything = [pid for process in processes for pid in [process.pid, *descendants(process.pid)]]
+        _signal_all(everything, signal.SIGTERM)
         deadline = time.monotonic() + grace
-        while any(_alive(pid) for pid in tree[1:]) and time.monotonic() < deadline:
+        while any(_alive(pid) for pid in everything) and time.monotonic() < deadline:
             time.sleep(0.2)
-        _signal_all(tree, signal.SIGKILL)
-        process.wait()
+        _signal_all(everything, signal.SIGKILL)
+        for process in processes:
+            process.wait()
 
     def kill(self, name: str) -> None:
         """Kill abruptly, with everything it spawned, as a crash or a pulled plug would."""
@@ -261,9 +263,10 @@ class LocalFederation:
         _signal_all([process.pid, *descendants(process.pid)], signal.SIGKILL)
         process.wait()
 
-    def stop_all(self) -> None:
-        for name in sorted(self.processes, key=lambda n: n == "superlink"):  # SuperNodes first
-            self.stop(name)
+    def stop_all(self, grace: float = 10.0) -> None:
+        """The SuperNodes, all at once, then the SuperLink."""
+        self._stop([name for name in self.processes if name != "superlink"], grace)
+        self._stop(["superlink"], grace)
 
     def log_tail(self, name: str, lines: int = 30) -> str:
         path = self.logs / f"{name}.log"

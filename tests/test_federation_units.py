@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
+import time
 import tomllib
 from pathlib import Path
 
@@ -205,3 +207,23 @@ def test_download_fetches_mitdb_once_into_the_cache(tmp_path: Path, monkeypatch:
 def test_every_bad_key_is_named_in_one_message() -> None:
     with pytest.raises(ConfigError, match=r"run config key 'num-rounds': .*; run config key 'train\.lr': "):
         FederationConfig.from_run_config({"num-rounds": 0, "train.lr": -1.0})
+
+
+def test_a_zombie_counts_as_stopped_and_a_running_process_does_not() -> None:
+    """Flower's SuperExec leaves finished ClientApps as zombies; a stop that waited for them waited its whole
+    grace period for every SuperNode (about 100 s to stop 10)."""
+    from ecg_fat.launcher import _alive
+
+    running = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    exited = subprocess.Popen([sys.executable, "-c", "pass"])
+    try:
+        deadline = time.monotonic() + 30
+        while Path(f"/proc/{exited.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert _alive(running.pid) and not _alive(exited.pid)
+    finally:
+        running.kill()
+        running.wait()
+        exited.wait()
+    assert not _alive(exited.pid)

@@ -1,24 +1,31 @@
 #!/usr/bin/env bash
 # The runs behind docs/results/poisoning/README.md, from the repository root:
 #   bash docs/results/poisoning/run.sh OUT
-# A scaled-down FAT protocol (10 nodes, 5 per round, Algorithm 1 with PGD-20 8/255, each sampled node training one
-# epoch on 2,000 of its windows, a stratified 1,000-window test subset): 10 honest rounds, then each arm resumes
-# from that checkpoint for 4 rounds, with or without attackers (partitions 0 and 1) and with each defence.
+# A scaled-down FAT protocol (10 nodes, 5 per round, a stratified 1,000-window test subset): a warm-up of 2 clean
+# rounds of the paper's size (full shards, 5 local epochs), then 6 FAT rounds (Algorithm 1, PGD-20 8/255) of one
+# local epoch on 2,000 windows per node; then each arm resumes from the warm-up's round 8 for 4 more such FAT
+# rounds, with or without attackers (partitions 0 and 1) and with each defence.
 set -euo pipefail
 out=${1:?usage: run.sh OUT}
-scale=(--data .ecg-fat/data --workdir .ecg-fat/poisoning --max-train-windows 2000 --local-epochs 1 --max-test-windows 1000)
+common=(--data .ecg-fat/data --workdir .ecg-fat/poisoning --max-test-windows 1000)
+fat=("${common[@]}" --max-train-windows 2000 --local-epochs 1)
 mkdir -p "$out"
-[ -d "$out/warmup" ] || ecg-fat federate "${scale[@]}" --rounds 10 --results "$out/warmup" 2>"$out/warmup.log"
+if ! grep -qs "^round 8" "$out/warmup/summary.txt"; then
+    rm -rf "${out:?}/warmup"
+    ecg-fat federate "${common[@]}" --no-adversarial --rounds 2 --results "$out/warmup" 2>"$out/warmup-clean.log"
+    rm -rf "$out/warmup/final_model.pt" "$out/warmup/summary.txt" "$out/warmup/report"
+    ecg-fat federate "${fat[@]}" --rounds 8 --resume --results "$out/warmup" 2>"$out/warmup-fat.log"
+fi
 
-arm() {  # arm NAME FLAGS...: 4 more rounds from the warm-up's round 10
+arm() {  # arm NAME FLAGS...: 4 more FAT rounds from the warm-up's round 8
     local name=$1
     shift
-    grep -qs "^round 14" "$out/$name/summary.txt" && return  # done in an earlier call
+    grep -qs "^round 12" "$out/$name/summary.txt" && return  # done in an earlier call
     rm -rf "${out:?}/$name"
     cp -r "$out/warmup" "$out/$name"
     rm -rf "$out/$name/final_model.pt" "$out/$name/summary.txt" "$out/$name/report"
     local start=$SECONDS
-    ecg-fat federate "${scale[@]}" --rounds 14 --resume --results "$out/$name" "$@" 2>"$out/$name.log" || true
+    ecg-fat federate "${fat[@]}" --rounds 12 --resume --results "$out/$name" "$@" 2>"$out/$name.log" || true
     echo "$name: $((SECONDS - start)) s ($*)" | tee -a "$out/arms.txt"
 }
 

@@ -8,7 +8,7 @@ import json
 import sys
 from pathlib import Path
 
-WARMUP_ROUND = 10  # the honest rounds every arm starts from
+WARMUP_ROUND = 8  # the honest rounds every arm starts from
 
 
 def metrics(run: Path) -> dict[tuple[int, str], dict]:
@@ -35,7 +35,7 @@ def describe(run: Path) -> tuple[str, str]:
 def main(root: Path) -> None:
     print(
         "| attack | aggregation | attacker replies (rejected) | clean acc | clean macro-F1 | PGD-20 acc | "
-        "PGD-20 macro-F1 | clean acc, rounds 10..14 |"
+        "PGD-20 macro-F1 | clean acc, rounds 8..12 |"
     )
     print("|---|---|---|---|---|---|---|---|")
     for run in sorted(p for p in root.iterdir() if (p / "summary.txt").exists() and p.name != "warmup"):
