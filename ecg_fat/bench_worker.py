@@ -23,7 +23,7 @@ from common.data import Beats, load_beats
 from common.metrics import evaluate
 from common.model import EcgCnn, build_model
 from common.runtime import tune_allocator
-from common.train import seed_everything, to_tensors, train
+from common.train import to_tensors, train
 
 
 def library_pool() -> nn.Module:
@@ -32,7 +32,7 @@ def library_pool() -> nn.Module:
 
 def reference_train(model: nn.Module, beats: Beats, cfg: TrainConfig) -> None:
     """The plain loop a reader of torchattacks would write: PGD, then one Adam step on concat(x, adv)."""
-    seed_everything(cfg.seed)
+    torch.manual_seed(cfg.seed)
     x, y = to_tensors(beats, torch.device("cpu"))
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     attack = torchattacks.PGD(

@@ -27,7 +27,7 @@ PARTITION_QUERY_TIMEOUT = 120.0  # seconds for the connected nodes to say their 
 class GuardedStrategy:
     """Mixed in before a Flower strategy class (see `make_strategy`)."""
 
-    def __init__(self, cfg: FederationConfig, results: Results, round_offset: int = 0, **strategy: Any) -> None:
+    def __init__(self, cfg: FederationConfig, results: Results, round_offset: int, **strategy: Any) -> None:
         # Sample `nodes-per-round` of the connected nodes; once that many are connected a round can start,
         # so a node that dies leaves the run going on with the others.
         super().__init__(  # type: ignore[call-arg]
