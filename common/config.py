@@ -308,6 +308,11 @@ class FederationConfig(_Settings):
     max_train_windows: int = Field(0, ge=0, description="train on at most this many windows per shard (0: all)")
     results_dir: str = Field("", description="absolute path of the run's results directory")
     resume: bool = False
+    overlap_evaluation: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="evaluate round r while round r+1 trains (same numbers, written in order); auto: on where "
+        "the server evaluates on a GPU (on CPU cores shared with the SuperNodes it only competes with training)",
+    )
     train: TrainConfig = TrainConfig()
     evaluate: EvalConfig = EvalConfig()
     defence: DefenceConfig = DefenceConfig()

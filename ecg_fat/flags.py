@@ -77,6 +77,7 @@ FEDERATION = [
     _flag("--rounds", "num-rounds"),
     _flag("--local-epochs", "train.epochs"),
     _flag("--round-timeout", "round-timeout"),
+    _flag("--overlap-evaluation", "overlap-evaluation"),
 ]
 DEFENCE = [
     _flag("--aggregation", "defence.aggregation"),

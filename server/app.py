@@ -11,7 +11,7 @@ from common.config import ConfigError, FederationConfig
 from common.data import load_beats
 from common.model import build_model
 from common.runtime import tune_allocator
-from server.evaluation import make_evaluate_and_record_fn
+from server.evaluation import RoundEvaluator
 from server.results import Results
 from server.strategy import make_strategy
 
@@ -45,14 +45,18 @@ def main(grid: Grid, context: Context) -> None:
     offset = last if resumed else 0
 
     strategy = make_strategy(cfg, results, round_offset=offset)
-    result = strategy.start(
-        grid=grid,
-        initial_arrays=ArrayRecord(state),
-        num_rounds=cfg.num_rounds - offset,
-        timeout=cfg.round_timeout,
-        train_config=ConfigRecord({"seed": cfg.seed}),
-        evaluate_fn=make_evaluate_and_record_fn(test, cfg.evaluate, results, offset, resumed, cfg.num_rounds),
-    )
+    evaluator = RoundEvaluator(test, cfg.evaluate, results, offset, resumed, cfg.num_rounds, cfg.overlap_evaluation)
+    try:
+        result = strategy.start(
+            grid=grid,
+            initial_arrays=ArrayRecord(state),
+            num_rounds=cfg.num_rounds - offset,
+            timeout=cfg.round_timeout,
+            train_config=ConfigRecord({"seed": cfg.seed}),
+            evaluate_fn=evaluator,
+        )
+    finally:
+        evaluator.finish()  # every round's metrics and checkpoint are written before the final model
     final = result.arrays.to_torch_state_dict() if len(result.arrays) else state  # empty: no round ran
     results.save_final({k: v.detach().cpu() for k, v in final.items()})
     print(f"run complete: {cfg.num_rounds} rounds, results in {results.dir}", flush=True)

@@ -13,12 +13,12 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDic
 from flwr.common.config import parse_config_args
 
 from client.poison import poisoned
-from common.config import AttackerConfig, ConfigError, FederationConfig, NodeConfig
+from common.config import AttackerConfig, ConfigError, EvalConfig, FederationConfig, NodeConfig
 from common.metrics import predict
 from common.model import EcgCnn, build_model
 from ecg_fat.cli import main
 from ecg_fat.federate import FederateOptions
-from server.evaluation import NonFiniteModel, make_evaluate_and_record_fn
+from server.evaluation import NonFiniteModel, RoundEvaluator
 from server.results import Results
 from server.strategy import make_strategy
 from tests.conftest import synthetic_beats
@@ -103,12 +103,12 @@ def test_without_validation_fedavg_takes_anything_and_the_nan_model_stops_the_ru
     state = arrays.to_torch_state_dict()
     assert not torch.isfinite(state["classifier.5.bias"]).all()
     results = Results(tmp_path / "run")
-    evaluate_round = make_evaluate_and_record_fn(
-        synthetic_beats(20), FederationConfig().evaluate, results, 0, False, 10
-    )
-    with pytest.raises(NonFiniteModel, match=r"round 1: the global model holds non-finite values in features\.0"):
-        evaluate_round(1, arrays)
-    assert results.read_jsonl("metrics") == []  # nothing reported for it
+    for overlap in ("off", "on"):  # refused at the call, before anything is queued
+        evaluate_round = RoundEvaluator(synthetic_beats(20), EvalConfig(), results, 0, False, 10, overlap)
+        with pytest.raises(NonFiniteModel, match=r"round 1: the global model holds non-finite values in features\.0"):
+            evaluate_round(1, arrays)
+        evaluate_round.finish()
+        assert results.read_jsonl("metrics") == []  # nothing reported for it
 
 
 def test_non_finite_logits_are_never_a_prediction() -> None:

@@ -33,10 +33,10 @@ from common.metrics import evaluate, evaluate_standard, format_table, predict, p
 from common.model import EcgCnn, build_model
 from common.train import train
 from ecg_fat.bench import write_synthetic_records
-from server.evaluation import make_evaluate_and_record_fn
+from server.evaluation import RoundEvaluator
 from server.results import Results
 from server.strategy import make_strategy
-from tests.conftest import write_record
+from tests.conftest import synthetic_beats, write_record
 from tests.helpers import FakeGrid
 
 CPU = torch.device("cpu")
@@ -214,7 +214,7 @@ def test_resumed_round_numbers_shift_through_the_evaluation_function(tmp_path: P
     results = Results(tmp_path)
     results.start(FederationConfig())
     cfg = EvalConfig(conditions=("clean",))
-    evaluate_round = make_evaluate_and_record_fn(test, cfg, results, round_offset=3, resumed=True, last_round=10)
+    evaluate_round = RoundEvaluator(test, cfg, results, round_offset=3, resumed=True, last_round=10, overlap="off")
     state = build_model(1).state_dict()
     assert evaluate_round(0, ArrayRecord(state)) is None  # the checkpoint the earlier run evaluated already
     assert results.read_jsonl("metrics") == [] and results.last_complete_round() is None
@@ -228,7 +228,7 @@ def test_resumed_round_numbers_shift_through_the_evaluation_function(tmp_path: P
 
     fresh = Results(tmp_path / "fresh")
     fresh.start(FederationConfig())
-    make_evaluate_and_record_fn(test, cfg, fresh, round_offset=0, resumed=False, last_round=10)(0, ArrayRecord(state))
+    RoundEvaluator(test, cfg, fresh, round_offset=0, resumed=False, last_round=10, overlap="off")(0, ArrayRecord(state))
     assert [r["round"] for r in fresh.read_jsonl("metrics")] == [0]  # a new run evaluates its initial weights
 
 
@@ -367,7 +367,7 @@ def test_evaluation_prints_a_progress_line_per_condition(tmp_path: Path, capsys:
     results = Results(tmp_path)
     results.start(FederationConfig())
     cfg = EvalConfig(conditions=("clean", "fgsm"))
-    make_evaluate_and_record_fn(test, cfg, results, round_offset=2, resumed=False, last_round=10)(
+    RoundEvaluator(test, cfg, results, round_offset=2, resumed=False, last_round=10, overlap="off")(
         1, ArrayRecord(EcgCnn().state_dict())
     )
     lines = capsys.readouterr().out.splitlines()
@@ -540,7 +540,7 @@ def test_standard_attacks_run_after_the_last_round_only_unless_asked(
         results = Results(tmp_path / str(every_round))
         results.start(FederationConfig())
         cfg = EvalConfig(conditions=("clean",), standard=standard | {"every_round": every_round})
-        evaluate_round = make_evaluate_and_record_fn(test, cfg, results, 0, False, last_round=3)
+        evaluate_round = RoundEvaluator(test, cfg, results, 0, False, last_round=3, overlap="off")
         for server_round in (2, 3):
             evaluate_round(server_round, state)
         rows = results.read_jsonl("metrics")
@@ -601,3 +601,39 @@ def test_nodes_per_round_are_sampled_even_when_only_that_many_are_connected(tmp_
     zeros = ArrayRecord({k: torch.zeros_like(v) for k, v in EcgCnn().state_dict().items()})
     messages = strategy.configure_train(1, zeros, ConfigRecord({}), FakeGrid([1, 2, 3, 4, 5]))
     assert sorted(m.metadata.dst_node_id for m in messages) == [1, 2, 3, 4, 5]  # not half of the 5 connected
+
+
+def test_overlapped_evaluation_writes_the_same_rows_in_round_order(tmp_path: Path) -> None:
+    """Evaluating round r while round r+1 trains changes when the rows are written, never what they say."""
+    rng = np.random.default_rng(2)
+    test = Beats(rng.random((24, 1, 180), dtype=np.float32), rng.integers(0, 5, 24), np.full(24, "r"))
+    cfg = EvalConfig(conditions=("clean", "pgd"), attacks={"pgd": {"steps": 2}})
+    states = [build_model(seed).state_dict() for seed in range(4)]
+    written = {}
+    for overlap in ("off", "on"):
+        results = Results(tmp_path / overlap)
+        results.start(FederationConfig())
+        evaluate_round = RoundEvaluator(test, cfg, results, 0, False, last_round=3, overlap=overlap)
+        replies = [evaluate_round(r, ArrayRecord(state)) for r, state in enumerate(states)]
+        assert all(reply is None for reply in replies) == (overlap == "on")  # returns at once when overlapped
+        evaluate_round.finish()
+        written[overlap] = [{k: v for k, v in row.items() if k != "seconds"} for row in results.read_jsonl("metrics")]
+        assert results.last_complete_round() == 3
+        assert torch.equal(results.load_checkpoint(2)["classifier.5.bias"], states[2]["classifier.5.bias"])
+    in_order = [(r, c) for r in range(4) for c in ("clean", "pgd")]
+    assert [(row["round"], row["condition"]) for row in written["on"]] == in_order
+    assert written["on"] == written["off"]
+
+
+def test_an_evaluation_that_fails_in_the_background_fails_the_run(tmp_path: Path, monkeypatch) -> None:
+    results = Results(tmp_path)
+    results.start(FederationConfig())
+    evaluate_round = RoundEvaluator(synthetic_beats(10), EvalConfig(conditions=("clean",)), results, 0, False, 3, "on")
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(results, "add_metrics", broken)
+    evaluate_round(1, ArrayRecord(build_model(0).state_dict()))
+    with pytest.raises(OSError, match="disk full"):
+        evaluate_round.finish()

@@ -33,25 +33,27 @@ def describe(run: Path) -> tuple[str, str]:
 
 
 def main(root: Path) -> None:
-    print(
-        "| attack | aggregation | attacker replies (rejected) | clean acc | clean macro-F1 | PGD-20 acc | "
-        "PGD-20 macro-F1 | clean acc, rounds 8..12 |"
-    )
-    print("|---|---|---|---|---|---|---|---|")
+    head = [
+        "attack", "aggregation", "attacker replies (rejected)", "honest replies (rejected)", "clean acc",
+        "clean macro-F1", "PGD-20 acc", "PGD-20 macro-F1", "clean acc, rounds 9..12", "PGD-20 acc, rounds 9..12",
+    ]  # fmt: skip
+    print("| " + " | ".join(head) + " |")
+    print("|---" * len(head) + "|")
     for run in sorted(p for p in root.iterdir() if (p / "summary.txt").exists() and p.name != "warmup"):
         m = metrics(run)
         last = max(r for r, _ in m)
         attack, aggregation = describe(run)
         attackers = json.loads((run / "attack.json").read_text())["malicious-partitions"] if attack != "none" else []
-        attacked = [c for c in clients(run) if c["round"] > WARMUP_ROUND and c["partition"] in attackers]
-        rejected = sum(c["status"] == "rejected" for c in attacked)
-        curve = " ".join(f"{100 * m[(r, 'clean')]['accuracy']:.1f}" for r in range(WARMUP_ROUND, last + 1))
-        cells = [100 * m[(last, c)][k] for c in ("clean", "pgd") for k in ("accuracy", "f1")]
-        print(
-            f"| {attack} | {aggregation} | {len(attacked)} ({rejected}) | "
-            + " | ".join(f"{v:.2f}" for v in cells)
-            + f" | {curve} |"
-        )
+        replies = [c for c in clients(run) if c["round"] > WARMUP_ROUND]
+        attacked = [c for c in replies if c["partition"] in attackers]
+        honest = [c for c in replies if c["partition"] not in attackers]
+        counts = [f"{len(group)} ({sum(c['status'] == 'rejected' for c in group)})" for group in (attacked, honest)]
+        curves = [
+            " ".join(f"{100 * m[(r, condition)]['accuracy']:.1f}" for r in range(WARMUP_ROUND + 1, last + 1))
+            for condition in ("clean", "pgd")
+        ]
+        cells = [f"{100 * m[(last, c)][k]:.2f}" for c in ("clean", "pgd") for k in ("accuracy", "f1")]
+        print("| " + " | ".join([attack, aggregation, *counts, *cells, *curves]) + " |")
 
 
 if __name__ == "__main__":
