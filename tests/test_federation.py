@@ -6,7 +6,6 @@ at the end of its test, and the logs stay in the test's temporary directory when
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
@@ -80,13 +79,13 @@ def metric_rounds(results: Path) -> list[tuple[int, str]]:
     return [(row["round"], row["condition"]) for row in Results(results).read_jsonl("metrics")]
 
 
-def running_clientapp(fed: LocalFederation, name: str) -> bool:
-    """Whether the SuperNode `name` is running a ClientApp (training) right now."""
-    for pid in descendants(fed.processes[name].pid):
-        with contextlib.suppress(OSError):
-            if b"flwr-clientapp" in Path(f"/proc/{pid}/cmdline").read_bytes():
-                return True
-    return False
+def training_now(fed: LocalFederation, name: str) -> bool:
+    """Whether the SuperNode `name` has received a train message and not yet sent its reply (its log says so).
+
+    A ClientApp process is no sign: one that has sent its reply may still be exiting on a busy machine, and
+    killing its node then loses nothing."""
+    log = fed.log_tail(name, 400)
+    return log.rfind("Receiving: train message") > log.rfind("Sent successfully")
 
 
 # ----------------------------------------------------------------------------- end to end
@@ -173,7 +172,7 @@ def test_refused_nodes_dropout_and_rejoin(shards: Path, tmp_path: Path, federati
     deadline = time.monotonic() + 300
     while victim is None and time.monotonic() < deadline:  # kill a node while it trains in round 2
         if any(r == 1 for r, _ in metric_rounds(results)):
-            victim = next((n for n in ids_before if running_clientapp(fed, n)), None)
+            victim = next((n for n in ids_before if training_now(fed, n)), None)
         time.sleep(0.2)
     assert victim is not None, "no node was seen training in round 2"
     fed.kill(victim)

@@ -28,7 +28,7 @@ def describe(run: Path) -> tuple[str, str]:
     if not attack_file.exists():
         return "none", aggregation
     attack = json.loads(attack_file.read_text())
-    how = attack["poison"] if attack["poison"] != "scale" else f"scale x{attack['poison-scale']:g}"
+    how = attack["poison"] if attack["poison"] != "scale" else f"scale x{attack['poison-scale']:g}".replace("e+0", "e")
     return f"{len(attack['malicious-partitions'])} x {how}", aggregation
 
 
