@@ -43,9 +43,9 @@ arm boost-fedavg-unchecked "${attack_boost[@]}" --no-validate-updates
 arm boost-fedavg "${attack_boost[@]}"
 arm flip-boost-fedavg "${attack_flip_boost[@]}"
 arm flip-boost-median "${attack_flip_boost[@]}" --aggregation median
+arm none-median --aggregation median
 arm flip-boost-krum "${attack_flip_boost[@]}" --aggregation krum
 arm flip-boost-trimmed-mean "${attack_flip_boost[@]}" --aggregation trimmed-mean
-arm none-median --aggregation median
 arm flip-boost-fedavg-one --malicious 1 --poison scale --poison-scale -5  # partition 0 alone: in every round
 arm none-krum --aggregation krum
 arm none-trimmed-mean --aggregation trimmed-mean
