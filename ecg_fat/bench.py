@@ -284,22 +284,28 @@ def bench_federation(source: Path, workdir: Path, sizes: Sizes) -> dict:
 
 
 class MemoryWatch:
-    """Peak resident memory of each SuperNode's process tree (SuperNode, SuperExec, ClientApp)."""
+    """Peak memory of each SuperNode's process tree (SuperNode, SuperExec, ClientApp): resident (RSS, what one
+    SuperNode alone on a machine needs) and proportional (PSS: pages shared between processes, torch's code
+    among them, split between them; what each of several SuperNodes on one host costs)."""
 
     def __init__(self) -> None:
         self.peak: dict[str, int] = {}
+        self.peak_pss: dict[str, int] = {}
 
     def __call__(self, federation: LocalFederation) -> None:
         for name, process in list(federation.processes.items()):
             if name.startswith("supernode"):
-                rss = sum(resident_bytes(pid) for pid in [process.pid, *descendants(process.pid)])
-                self.peak[name] = max(self.peak.get(name, 0), rss)
+                tree = [process.pid, *descendants(process.pid)]
+                self.peak[name] = max(self.peak.get(name, 0), sum(proc_kib(pid, "status", "VmRSS:") for pid in tree))
+                pss = sum(proc_kib(pid, "smaps_rollup", "Pss:") for pid in tree)
+                self.peak_pss[name] = max(self.peak_pss.get(name, 0), pss)
 
 
-def resident_bytes(pid: int) -> int:
+def proc_kib(pid: int, file: str, key: str) -> int:
+    """A size in bytes from /proc/PID/FILE's line `key ... kB` (0 for a process that has gone)."""
     try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+        for line in Path(f"/proc/{pid}/{file}").read_text().splitlines():
+            if line.startswith(key):
                 return int(line.split()[1]) * 1024
     except OSError:
         pass
@@ -324,12 +330,13 @@ def bench_scale(source: Path, workdir: Path, sizes: Sizes) -> dict:
             seen()
 
         wall = run_federation(data, workdir / f"federation-{nodes}", cfg, watch=watch)
-        peaks = sorted(memory.peak.values())
+        peaks, pss = sorted(memory.peak.values()), sorted(memory.peak_pss.values())
         replies = Results(results).read_jsonl("clients")
         rows[str(nodes)] = {
             "nodes": nodes, "nodes_per_round": nodes // 2, "train_windows_per_node": sizes.scale_train_windows,
             "wall_seconds": wall, "seconds_per_round": seen.seconds_per_round(),
             "peak_rss_mb_max": peaks[-1] / 2**20, "peak_rss_mb_median": peaks[len(peaks) // 2] / 2**20,
+            "peak_pss_mb_max": pss[-1] / 2**20, "peak_pss_mb_median": pss[len(pss) // 2] / 2**20,
             "failed_replies": sum(row["status"] != "ok" for row in replies), "replies": len(replies),
         }  # fmt: skip
     return rows
@@ -471,7 +478,8 @@ def format_report(report: dict) -> str:
         lines.append(
             f"scale, {nodes} SuperNodes ({row['nodes_per_round']} per round): "
             f"{'n/a' if per_round is None else f'{per_round:.1f}'} s per round, peak RSS per SuperNode "
-            f"{row['peak_rss_mb_median']:.0f} MB median, {row['peak_rss_mb_max']:.0f} MB max"
+            f"{row['peak_rss_mb_median']:.0f} MB median, {row['peak_rss_mb_max']:.0f} MB max; peak PSS "
+            f"{row['peak_pss_mb_median']:.0f} MB median, {row['peak_pss_mb_max']:.0f} MB max"
             + (f"; {row['failed_replies']} of {row['replies']} replies FAILED" if row["failed_replies"] else "")
         )
     lines += ["", "targets:"]

@@ -63,6 +63,7 @@ def test_every_section_runs_on_synthetic_records_and_reports_its_targets(tmp_pat
     assert report["sections"]["federation"]["overhead"] > 0
     scale = report["sections"]["scale"]["4"]
     assert scale["seconds_per_round"] > 0 and 50 < scale["peak_rss_mb_max"] < 4000
+    assert 0 < scale["peak_pss_mb_max"] <= scale["peak_rss_mb_max"]  # shared pages split: never more
     assert scale["replies"] == 4 and scale["failed_replies"] == 0  # 2 rounds x 2 sampled nodes
     labels = [label for label, *_ in target_rows(report)]
     assert "federation overhead (x one process)" in labels
