@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The runs behind docs/results/poisoning/README.md, from the repository root:
 #   bash docs/results/poisoning/run.sh OUT
-# A scaled-down FAT protocol (10 nodes, 5 per round, a stratified 1,000-window test subset): a warm-up of 2 clean
+# A scaled-down FAT protocol (10 nodes, 5 per round, 1,000 test windows drawn with the run seed): a warm-up of 2 clean
 # rounds of the paper's size (full shards, 5 local epochs), then 6 FAT rounds (Algorithm 1, PGD-20 8/255) of one
 # local epoch on 2,000 windows per node; then each arm resumes from the warm-up's round 8 for 4 more such FAT
 # rounds, with or without attackers (partitions 0 and 1) and with each defence.
