@@ -211,7 +211,7 @@ def test_every_bad_key_is_named_in_one_message() -> None:
 
 def test_a_zombie_counts_as_stopped_and_a_running_process_does_not() -> None:
     """Flower's SuperExec leaves finished ClientApps as zombies; a stop that waited for them waited its whole
-    grace period for every SuperNode (about 100 s to stop 10)."""
+    grace period for every SuperNode (a 10-node federation took about a minute to stop)."""
     from ecg_fat.launcher import _alive
 
     running = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
