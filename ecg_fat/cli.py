@@ -426,9 +426,16 @@ def add_report(commands: argparse._SubParsersAction) -> None:
         description="Read one or more results directories and write report.md (tables like the paper's Tables "
         "2-5 with the paper's values beside them, per-class recall, a summary of FAT's cost and gains, the cells "
         "more than 1.5 points from the paper) and one PNG per condition (accuracy, precision, recall, F1 against "
-        "the round, a line per run).",
+        "the round, a line per run). A directory of results directories that differ only in their seed is one arm: "
+        "every cell is then the mean +- sample standard deviation over its seeds, and the figures shade the spread.",
     )
-    parser.add_argument("results", nargs="+", type=local_path, metavar="RESULTS_DIR", help="results directories")
+    parser.add_argument(
+        "results",
+        nargs="+",
+        type=local_path,
+        metavar="RESULTS_DIR",
+        help="results directories, or directories of the seeds of one arm (e.g. runs/fat/seed-0, seed-1, seed-2)",
+    )
     parser.add_argument("--out", type=local_path, default="report", help="output directory (default report)")
     parser.add_argument(
         "--discussion",

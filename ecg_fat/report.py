@@ -14,9 +14,12 @@ import importlib.metadata
 import json
 import os
 import re
+import statistics
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+
+import numpy as np
 
 from common.config import AAMI_CLASSES, CONDITIONS
 from server.results import Results
@@ -47,45 +50,130 @@ class ReportError(ValueError):
     """A results directory cannot be reported (missing or empty metrics)."""
 
 
+SEED_KEYS = (("seed",), ("train", "seed"), ("evaluate", "seed"))
+# What may differ between the seeds of one arm: the seeds, and where each run kept its files.
+PER_RUN_KEYS = (*SEED_KEYS, ("results-dir",), ("resume",), ("test-path",))
+
+
 @dataclass(frozen=True)
 class Run:
+    """One arm of the report: a results directory, or several that differ only in their seed (mean and sample
+    standard deviation over them)."""
+
     name: str
     adversarial: bool
-    rows: list[dict]  # metrics.jsonl
+    seeds: list[list[dict]]  # metrics.jsonl rows, one list per seed
+
+    @property
+    def rows(self) -> list[dict]:
+        return self.seeds[0]
 
     @property
     def last_round(self) -> int:
-        return max(row["round"] for row in self.rows)
+        """The last round every seed reached."""
+        return min(max(row["round"] for row in rows) for rows in self.seeds)
+
+    def rounds(self, condition: str = "clean") -> list[int]:
+        """The rounds every seed measured `condition` in."""
+        per_seed = [{row["round"] for row in rows if row["condition"] == condition} for rows in self.seeds]
+        return sorted(set.intersection(*per_seed))
+
+    def values(self, server_round: int, condition: str, metric: str, label: str | None = None) -> list[float]:
+        """One value per seed, in percent; `label` picks a class of recall_per_class."""
+        found = []
+        for rows in self.seeds:
+            row = next((r for r in rows if r["round"] == server_round and r["condition"] == condition), None)
+            if row is None:
+                raise ReportError(f"run {self.name}: no {condition} row for round {server_round}")
+            found.append(100 * (row[metric] if label is None else row[metric][label]))
+        return found
 
     def value(self, server_round: int, condition: str, metric: str) -> float:
-        for row in self.rows:
-            if row["round"] == server_round and row["condition"] == condition:
-                return 100 * row[metric]
-        raise ReportError(f"run {self.name}: no {condition} row for round {server_round}")
+        return statistics.fmean(self.values(server_round, condition, metric))
 
     def final(self, metric: str) -> list[float]:
         return [self.value(self.last_round, c, metric) for c in CONDITIONS]
 
+    def label(self) -> str:
+        seeds = f", {len(self.seeds)} seeds" if len(self.seeds) > 1 else ""
+        return f"{self.name} ({'FAT' if self.adversarial else 'non-FAT'}{seeds}, round {self.last_round})"
+
+
+def cell(values: list[float]) -> str:
+    """A value, or mean +- sample standard deviation of several seeds."""
+    if len(values) == 1:
+        return f"{values[0]:.2f}"
+    return f"{statistics.fmean(values):.2f} ± {statistics.stdev(values):.2f}"
+
+
+def _read_config(directory: Path) -> dict:
+    path = directory / "config.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _without(config: dict, keys: tuple[tuple[str, ...], ...]) -> dict:
+    config = json.loads(json.dumps(config))  # a deep copy
+    for key in keys:
+        parent = config
+        for part in key[:-1]:
+            parent = parent.get(part, {})
+        parent.pop(key[-1], None)
+    return config
+
+
+def _first_difference(a: object, b: object, path: str = "") -> str:
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in sorted(set(a) | set(b)):
+            if a.get(key) != b.get(key):
+                return _first_difference(a.get(key), b.get(key), f"{path}.{key}" if path else key)
+    return f"{path} ({a!r} vs {b!r})"
+
+
+def seed_dirs(directory: Path) -> list[Path]:
+    """The directory itself when it is a results directory, else its subdirectories that are."""
+    if (directory / "metrics.jsonl").exists() or not directory.is_dir():
+        return [directory]
+    return sorted(d for d in directory.iterdir() if (d / "metrics.jsonl").exists()) or [directory]
+
 
 def load_run(directory: Path) -> Run:
-    rows = Results(directory).read_jsonl("metrics")
-    if not rows:
-        raise ReportError(f"{directory}: no metrics.jsonl with rows (not a results directory?)")
-    config_path = directory / "config.json"
-    adversarial = json.loads(config_path.read_text())["train"]["adversarial"] if config_path.exists() else True
-    return Run(directory.name, adversarial, rows)
+    """A results directory, or a directory of results directories: the seeds of one arm, which must have the same
+    configuration except their seeds."""
+    dirs = seed_dirs(directory)
+    seeds = []
+    for run_dir in dirs:
+        rows = Results(run_dir).read_jsonl("metrics")
+        if not rows:
+            raise ReportError(f"{run_dir}: no metrics.jsonl with rows (not a results directory?)")
+        seeds.append(rows)
+    configs = [_read_config(d) for d in dirs]
+    for run_dir, config in zip(dirs[1:], configs[1:], strict=True):
+        first, other = _without(configs[0], PER_RUN_KEYS), _without(config, PER_RUN_KEYS)
+        if first != other:
+            raise ReportError(
+                f"{directory}: {dirs[0].name} and {run_dir.name} differ in more than their seed: "
+                f"{_first_difference(first, other)}"
+            )
+    seed_values = [c.get("seed") for c in configs]
+    if len(dirs) > 1 and len(set(map(str, seed_values))) < len(dirs):
+        raise ReportError(f"{directory}: its runs must have different seeds, found {seed_values}")
+    adversarial = configs[0].get("train", {}).get("adversarial", True)
+    return Run(directory.name, adversarial, seeds)
 
 
 def _row(label: str, values: list[float] | tuple[float, ...]) -> str:
     return f"| {label} | " + " | ".join(f"{v:.2f}" for v in values) + " |"
 
 
+def _cells_row(label: str, cells: list[str]) -> str:
+    return f"| {label} | " + " | ".join(cells) + " |"
+
+
 def metric_table(runs: list[Run], metric: str) -> str:
     header = "| run | " + " | ".join(CONDITION_NAMES[c] for c in CONDITIONS) + " |"
     lines = [header, "|---" * (len(CONDITIONS) + 1) + "|"]
     lines += [
-        _row(f"{run.name} ({'FAT' if run.adversarial else 'non-FAT'}, round {run.last_round})", run.final(metric))
-        for run in runs
+        _cells_row(run.label(), [cell(run.values(run.last_round, c, metric)) for c in CONDITIONS]) for run in runs
     ]
     lines += [_row(label, values) for label, values in PAPER.get(metric, {}).items()]
     return "\n".join(lines)
@@ -94,8 +182,8 @@ def metric_table(runs: list[Run], metric: str) -> str:
 def recall_table(run: Run) -> str:
     lines = ["| condition | " + " | ".join(AAMI_CLASSES) + " |", "|---" * (len(AAMI_CLASSES) + 1) + "|"]
     for condition in CONDITIONS:
-        row = next(r for r in run.rows if r["round"] == run.last_round and r["condition"] == condition)
-        lines.append(_row(CONDITION_NAMES[condition], [100 * row["recall_per_class"][c] for c in AAMI_CLASSES]))
+        values = [run.values(run.last_round, condition, "recall_per_class", label) for label in AAMI_CLASSES]
+        lines.append(_cells_row(CONDITION_NAMES[condition], [cell(v) for v in values]))
     return "\n".join(lines)
 
 
@@ -134,12 +222,11 @@ def standard_table(runs: list[Run]) -> list[str]:
     that has them, with the gradient-masking flag; nothing when no run measured them."""
     lines = []
     for run in runs:
-        rounds = [row["round"] for row in run.rows if row["condition"] == "autoattack"]
-        if rounds:
-            values = [run.value(max(rounds), c, "accuracy") for c in STANDARD_NAMES]
-            gap = values[1] - values[3]
+        if rounds := run.rounds("autoattack"):
+            values = [run.values(rounds[-1], c, "accuracy") for c in STANDARD_NAMES]
+            gap = statistics.fmean(values[1]) - statistics.fmean(values[3])
             flag = f"**{gap:+.2f}: gradient masking?**" if gap > MASKING_FLAG else f"{gap:+.2f}"
-            lines.append(_row(f"{run.name} (round {max(rounds)})", values)[:-1] + f"| {flag} |")
+            lines.append(_cells_row(f"{run.name} (round {rounds[-1]})", [*map(cell, values), flag]))
     if not lines:
         return []
     header = "| run | " + " | ".join(STANDARD_NAMES.values()) + " | PGD-20 minus AutoAttack |"
@@ -155,13 +242,19 @@ def figure(runs: list[Run], condition: str, path: Path) -> None:
     axes = fig.subplots(2, 2, sharex=True)
     for ax, (metric, title) in zip(axes.flat, METRICS.items(), strict=True):
         for run in runs:
-            rounds = sorted({row["round"] for row in run.rows})
-            ax.plot(
-                rounds,
-                [run.value(r, condition, metric) for r in rounds],
-                marker="o",
-                label=f"{run.name} ({'FAT' if run.adversarial else 'non-FAT'})",
-            )
+            rounds = run.rounds(condition)
+            values = [run.values(r, condition, metric) for r in rounds]
+            mean = np.array([statistics.fmean(v) for v in values])
+            seeds = f", mean of {len(run.seeds)} seeds" if len(run.seeds) > 1 else ""
+            label = f"{run.name} ({'FAT' if run.adversarial else 'non-FAT'}{seeds})"
+            (line,) = ax.plot(rounds, mean, marker="o", label=label)
+            if len(run.seeds) > 1:  # the spread: mean +- one sample standard deviation
+                sd = [statistics.stdev(v) for v in values]
+                low, high = (
+                    [m - d for m, d in zip(mean, sd, strict=True)],
+                    [m + d for m, d in zip(mean, sd, strict=True)],
+                )
+                ax.fill_between(rounds, low, high, color=line.get_color(), alpha=0.2)
         ax.set_title(title)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel("%")
@@ -218,7 +311,11 @@ def write_report(result_dirs: list[Path], out: Path, discussion: str | None = No
     path = out / "report.md"
     markdown = "\n".join(parts) + "\n"
     path.write_text(markdown)
-    configs = {run.name: _config_text(directory) for run, directory in zip(runs, result_dirs, strict=True)}
+    configs = {
+        run.name if run_dir == directory else f"{run.name}/{run_dir.name}": _config_text(run_dir)
+        for run, directory in zip(runs, result_dirs, strict=True)
+        for run_dir in seed_dirs(directory)
+    }
     (out / "report.html").write_text(html_page(markdown, out, configs))
     return path
 

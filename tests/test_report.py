@@ -8,6 +8,7 @@ import subprocess
 from pathlib import Path
 
 import matplotlib.image as plt_image
+import numpy as np
 import pytest
 
 from common.config import CONDITIONS, FederationConfig
@@ -15,9 +16,11 @@ from ecg_fat.cli import main
 from server.results import Results
 
 
-def fake_run(directory: Path, adversarial: bool, accuracy: dict[str, float], rounds: int = 3) -> Path:
+def fake_run(
+    directory: Path, adversarial: bool, accuracy: dict[str, float], rounds: int = 3, seed: int = 0, lr: float = 1e-3
+) -> Path:
     results = Results(directory)
-    results.start(FederationConfig(train={"adversarial": adversarial}))
+    results.start(FederationConfig(seed=seed, train={"adversarial": adversarial, "seed": seed, "lr": lr}))
     for r in range(rounds + 1):
         metrics = {}
         for c in CONDITIONS:
@@ -139,3 +142,48 @@ def test_the_standard_attacks_table_flags_a_gap_that_suggests_gradient_masking(t
     results.add_metrics(3, {c: metrics(a) for c, a in (standard | {"autoattack": 0.79}).items()})
     assert standard_table([load_run(run_dir)])[2].endswith("| 80.00 | 75.00 | 79.00 | +1.00 |")
     assert standard_table([]) == []
+
+
+FAT = {"clean": 0.97, "pgd": 0.9, "fgsm": 0.92, "cw": 0.5, "bim": 0.91}
+
+
+def test_an_arm_of_several_seeds_reports_mean_and_sample_sd(runs: list[Path], tmp_path: Path) -> None:
+    """A directory of results directories that differ only in their seed is one arm: mean +- sd in every table."""
+    arm = tmp_path / "fat-seeds"
+    for seed, shift in ((0, 0.0), (1, 0.01), (2, 0.02)):
+        fake_run(arm / f"seed-{seed}", True, {c: a + shift for c, a in FAT.items()}, seed=seed)
+    assert main(["report", str(arm), str(runs[1]), "--out", str(tmp_path / "rep")]) == 0
+    text = (tmp_path / "rep" / "report.md").read_text()
+    # accuracy 97, 98, 99: mean 98, sample sd 1 (a population sd would print 0.82)
+    assert "| fat-seeds (FAT, 3 seeds, round 3) | 98.00 ± 1.00 | 91.00 ± 1.00 | 93.00 ± 1.00 |" in text
+    assert "| baseline (non-FAT, round 3) | 98.50 | 30.00 |" in text  # one run: no spread
+    assert "| Clean | 90.00 ± 0.00 | 50.00 ± 0.00 |" in text  # per-class recall, the same in every seed
+    assert "Clean-accuracy cost of FAT: +0.50 points (98.50 -> 98.00)" in text  # from the mean
+    assert "fat-seeds accuracy PGD: 91.00 vs paper 94.82 (-3.82)" in text
+    html = (tmp_path / "rep" / "report.html").read_text()
+    assert all(f"fat-seeds/seed-{seed}: config.json" in html for seed in range(3))
+
+
+def test_the_figure_shows_the_spread_of_the_seeds(tmp_path: Path) -> None:
+    from ecg_fat.report import figure, load_run
+
+    arm = tmp_path / "arm"
+    for seed, shift in ((0, -0.05), (1, 0.05)):
+        fake_run(arm / f"s{seed}", True, {c: a + shift for c, a in FAT.items()}, seed=seed)
+    figure([load_run(arm)], "clean", tmp_path / "arm.png")  # draws a band: C0 at 20% opacity
+    pixels = (plt_image.imread(tmp_path / "arm.png")[..., :3] * 255).astype(int)
+    band = (255 - 0.2 * (255 - np.array((31, 119, 180)))).astype(int)
+    assert (abs(pixels - band).sum(-1) < 12).sum() > 2000
+
+
+def test_an_arm_whose_runs_differ_in_more_than_the_seed_is_refused(tmp_path: Path, capsys) -> None:
+    arm = tmp_path / "mixed"
+    fake_run(arm / "a", True, FAT, seed=0)
+    fake_run(arm / "b", True, FAT, seed=1, lr=3e-3)
+    assert main(["report", str(arm), "--out", str(tmp_path / "rep")]) == 1
+    assert "mixed: a and b differ in more than their seed: train.lr (0.001 vs 0.003)" in capsys.readouterr().err
+    same = tmp_path / "same-seed"
+    fake_run(same / "a", True, FAT, seed=4)
+    fake_run(same / "b", True, FAT, seed=4)
+    assert main(["report", str(same), "--out", str(tmp_path / "rep")]) == 1
+    assert "same-seed: its runs must have different seeds, found [4, 4]" in capsys.readouterr().err
