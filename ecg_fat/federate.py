@@ -173,6 +173,7 @@ def federate(
         if options.malicious:
             log.warning("partitions 0..%d are malicious: %s", options.malicious - 1, options.attacker.to_node_config())
         run_config = run_cfg.model_copy(update={"test_path": str((options.data / TEST_FILE).resolve())})
+        record_attack(options, run_cfg)
         run_id = federation.control.submit(run_config.to_run_config())
         log.info("run %d submitted: %s", run_id, describe(run_cfg))
 
@@ -182,20 +183,27 @@ def federate(
             if watch:
                 watch(federation)
 
-        code = follow(federation.control, run_id, run_cfg, check=superlink_alive)
-        if options.malicious and Path(run_cfg.results_dir).is_dir():  # what the results alone do not say
-            attack = {
-                "malicious-partitions": list(range(options.malicious)),
-                **options.attacker.model_dump(by_alias=True),
-            }
-            (Path(run_cfg.results_dir) / ATTACK_FILE).write_text(json.dumps(attack, indent=1) + "\n")
-        return code
+        return follow(federation.control, run_id, run_cfg, check=superlink_alive)
     except KeyboardInterrupt:
         if run_id is not None:
             federation.control.stop_run(run_id)
         raise
     finally:
         federation.stop_all()
+
+
+def record_attack(options: FederateOptions, run_cfg: FederationConfig) -> None:
+    """attack.json in the results directory: which partitions attack, and how (what the results alone do not
+    say). Written before the run starts, so that a run that fails or is stopped keeps it; not over a run the
+    ServerApp will refuse to overwrite (a results directory that holds one, without --resume)."""
+    if not options.malicious:
+        return
+    results = Results(Path(run_cfg.results_dir))
+    if results.last_complete_round() is not None and not run_cfg.resume:
+        return
+    results.dir.mkdir(parents=True, exist_ok=True)
+    attack = {"malicious-partitions": list(range(options.malicious)), **options.attacker.model_dump(by_alias=True)}
+    (results.dir / ATTACK_FILE).write_text(json.dumps(attack, indent=1) + "\n")
 
 
 def default_threads(nodes_per_round: int) -> int:

@@ -4,6 +4,7 @@ scored."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -193,6 +194,32 @@ def test_federate_makes_exactly_the_first_partitions_malicious_as_flower_reads_t
             attacker if index < 2 else AttackerConfig()
         )
     assert AttackerConfig().to_node_config() == ""  # an honest node's config holds no attacker key
+
+
+def test_the_attack_is_recorded_before_the_run_and_never_over_a_run_that_will_be_refused(tmp_path: Path) -> None:
+    """attack.json is written before submission (a failed or stopped run keeps it), but not into a results
+    directory that holds a run the ServerApp will refuse to overwrite: that run's record stays its own."""
+    from ecg_fat.federate import ATTACK_FILE, record_attack
+
+    attacker = AttackerConfig(poison="scale", poison_scale=1e6)
+    options = FederateOptions(tmp_path, None, tmp_path, threads_per_node=1, malicious=2, attacker=attacker)
+    fresh = FederationConfig(results_dir=str(tmp_path / "fresh"))
+    record_attack(options, fresh)
+    recorded = json.loads((tmp_path / "fresh" / ATTACK_FILE).read_text())
+    assert recorded == {"malicious-partitions": [0, 1], "poison": "scale", "poison-scale": 1e6, "claim-examples": 0}
+
+    held = tmp_path / "held"
+    (held / "checkpoints").mkdir(parents=True)
+    (held / "checkpoints" / "round_003.pt").touch()
+    (held / ATTACK_FILE).write_text("the earlier run's\n")
+    record_attack(options, FederationConfig(results_dir=str(held)))
+    assert (held / ATTACK_FILE).read_text() == "the earlier run's\n"
+    record_attack(options, FederationConfig(results_dir=str(held), resume=True))  # the run continues: this attack
+    assert json.loads((held / ATTACK_FILE).read_text())["malicious-partitions"] == [0, 1]
+
+    honest = FederateOptions(tmp_path, None, tmp_path, threads_per_node=1)
+    record_attack(honest, FederationConfig(results_dir=str(tmp_path / "honest")))
+    assert not (tmp_path / "honest").exists()
 
 
 @pytest.mark.parametrize(
