@@ -119,12 +119,16 @@ def _score(
 
 
 def format_table(results: dict[str, dict]) -> str:
-    """A plain-text table: one row per condition, metrics in percent."""
-    lines = [f"{'condition':<10}{'accuracy':>10}{'precision':>11}{'recall':>9}{'f1':>8}{'seconds':>9}"]
+    """A plain-text table: one row per condition, metrics in percent, then each class's recall (the minority
+    classes' share found, which the macro averages hide)."""
+    per_class = "".join(f"{'rec ' + c:>8}" for c in AAMI_CLASSES)
+    lines = [f"{'condition':<10}{'accuracy':>10}{'precision':>11}{'recall':>9}{'f1':>8}{'seconds':>9}{per_class}"]
     for condition, m in results.items():
+        recalls = m.get("recall_per_class", {})
         lines.append(
             f"{condition:<10}{100 * m['accuracy']:>10.2f}{100 * m['precision']:>11.2f}"
             f"{100 * m['recall']:>9.2f}{100 * m['f1']:>8.2f}{m['seconds']:>9.1f}"
+            + "".join(f"{100 * recalls[c]:>8.2f}" if c in recalls else f"{'-':>8}" for c in AAMI_CLASSES)
         )
     return "\n".join(lines)
 
