@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# The runs behind docs/results/centralised/README.md, from the repository root:
+#   bash docs/results/centralised/run.sh OUT [ARM...]
+# Centralised training (`ecg-fat train-local`: one model on all training shards, the project's own training loop and
+# Algorithm 1), a cheap stand-in for the federated protocol on a 2-core machine, then `ecg-fat evaluate --json` on
+# the saved weights. Two questions: what the model is worth on patients it never saw (inter-patient: de Chazal's DS1
+# records train, DS2 test), and whether class weighting raises the rare classes' recall under attack (intra-patient,
+# the paper's split, FAT at a reduced budget: 2,000 windows per shard, 5 epochs). An arm whose metrics.json exists
+# is skipped; name arms to run only those. Models stay in OUT (never commit them).
+set -euo pipefail
+out=${1:?usage: run.sh OUT [ARM...]}
+shift
+only=("$@")
+mkdir -p "$out"
+[ -f "$out/inter/manifest.json" ] ||
+    ecg-fat prepare --mitdb ../shared/data/mitdb --out "$out/inter" --split inter-patient --partition patient
+[ -f "$out/intra/manifest.json" ] || ecg-fat prepare --mitdb ../shared/data/mitdb --out "$out/intra"
+
+arm() {  # arm NAME DATA "TRAIN FLAGS" "EVALUATE FLAGS"
+    local name=$1 data=$2 train=$3 evaluate=$4
+    if [ ${#only[@]} -gt 0 ] && [[ ! " ${only[*]} " =~ " $name " ]]; then return; fi
+    [ -f "$out/$name/metrics.json" ] && return
+    mkdir -p "$out/$name"
+    local start=$SECONDS
+    # shellcheck disable=SC2086  # the flags are word lists
+    ecg-fat train-local --data "$out/$data" --save "$out/$name/model.pt" --conditions clean $train \
+        2>"$out/$name/train.log"
+    local trained=$((SECONDS - start))
+    # shellcheck disable=SC2086
+    ecg-fat evaluate --model "$out/$name/model.pt" --test "$out/$data/test.npz" --json "$out/$name/metrics.json" \
+        $evaluate 2>"$out/$name/evaluate.log" >"$out/$name/evaluate.txt"
+    echo "$name: train $trained s, evaluate $((SECONDS - start - trained)) s (train-local $train; evaluate $evaluate)" |
+        tee -a "$out/arms.txt"
+}
+
+# Inter-patient, clean: does class weighting carry the rare classes across patients?
+for weights in none balanced sqrt-balanced; do
+    arm "inter-clean-$weights" inter "--no-adversarial --class-weights $weights" "--conditions clean"
+done
+# Intra-patient FAT at a reduced budget: the class weights against the paper's unweighted loss, two seeds.
+for seed in 0 1; do
+    for weights in none sqrt-balanced balanced; do
+        arm "intra-fat-$weights-s$seed" intra "--max-train-windows 2000 --class-weights $weights --seed $seed" \
+            "--max-test-windows 5000 --conditions clean pgd"
+    done
+done
+# Inter-patient FAT, the paper's loss: the robust model on unseen patients, all five conditions on all of DS2,
+# and AutoAttack and PGD-100 on a stratified 250 of them.
+arm inter-fat-none inter "--class-weights none" "--standard-windows 250"
