@@ -88,13 +88,21 @@ def task_limit(params: dict) -> dict:
     return {"matmul_gflops": rates, "matrix_size": n}
 
 
-def trained(variant: str, beats: Beats, cfg: TrainConfig) -> nn.Module:
-    """A model from seed 0 trained by the project's `train()` or by the reference loop."""
+def warmed_up(variant: str, beats: Beats, epochs: int) -> nn.Module:
+    """The model from seed 0 after `epochs` clean epochs (the same weights for both variants: the two poolings
+    are bit-identical), so that the timed adversarial epochs start from a model that has learnt something."""
+    model = build_model(0) if variant == "project" else build_model(0, pool=library_pool)
+    if epochs:
+        train(model, beats, TrainConfig(epochs=epochs, adversarial=False), torch.device("cpu"))
+    return model
+
+
+def trained(variant: str, beats: Beats, cfg: TrainConfig, model: nn.Module | None = None) -> nn.Module:
+    """`model` (default: seed 0's) trained adversarially by the project's `train()` or by the reference loop."""
+    model = model if model is not None else warmed_up(variant, beats, 0)
     if variant == "reference":
-        model = build_model(0, pool=library_pool)
         reference_train(model, beats, cfg)
     else:
-        model = build_model(0)
         train(model, beats, cfg, torch.device("cpu"))
     return model
 
@@ -103,8 +111,9 @@ def task_train(params: dict) -> dict:
     shard = load_beats(Path(params["shard"])).subsample(params["train_windows"], 0)
     test = load_beats(Path(params["test"])).subsample(params["test_windows"], 0)
     cfg = TrainConfig(epochs=params["epochs"])
+    model = warmed_up(params["variant"], shard, params["warmup_epochs"])  # not timed
     started = time.perf_counter()
-    model = trained(params["variant"], shard, cfg)
+    trained(params["variant"], shard, cfg, model)
     seconds = time.perf_counter() - started
     torch.save(model.state_dict(), params["save"])
     robust = evaluate(model, test, EvalConfig(conditions=("clean", "pgd")), torch.device("cpu"))

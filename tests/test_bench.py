@@ -23,7 +23,7 @@ from ecg_fat.bench import (
     run_federation,
     target_rows,
 )
-from ecg_fat.bench_worker import flops_per_window, library_pool, reference_train, trained
+from ecg_fat.bench_worker import flops_per_window, library_pool, reference_train, trained, warmed_up
 from ecg_fat.cli import main
 from tests.conftest import synthetic_beats
 
@@ -45,6 +45,19 @@ def test_project_training_step_equals_the_plain_torchattacks_loop():
     for name, tensor in project.state_dict().items():
         torch.testing.assert_close(tensor, reference.state_dict()[name], rtol=0, atol=1e-6, msg=name)
     assert not torch.equal(project.state_dict()["features.0.weight"], build_model(0).state_dict()["features.0.weight"])
+
+
+def test_both_loops_start_from_the_same_clean_warm_up():
+    """The timed adversarial epochs start from one model: seed 0 after the clean warm-up, whichever pooling."""
+    beats = synthetic_beats(192)
+    project, reference = warmed_up("project", beats, 1), warmed_up("reference", beats, 1)
+    pools = [type(model.features[2]) for model in (project, reference)]
+    assert pools[0] is not pools[1] and pools[1] is torch.nn.MaxPool1d
+    for name, tensor in project.state_dict().items():
+        assert torch.equal(tensor, reference.state_dict()[name]), name
+    initial = build_model(0).state_dict()["features.0.weight"]
+    assert not torch.equal(project.state_dict()["features.0.weight"], initial)
+    assert torch.equal(warmed_up("project", beats, 0).state_dict()["features.0.weight"], initial)
 
 
 @pytest.mark.slow
