@@ -120,11 +120,16 @@ class ControlClient:
             return False
 
     def flwr(self, *args: str, timeout: float = 120.0) -> dict:
-        """Run a `flwr` CLI command against this SuperLink and return its JSON answer."""
-        done = subprocess.run(
-            [_bin("flwr"), *args, "--format", "json"], capture_output=True, text=True, env=self.env,
-            timeout=timeout, cwd=self.cwd,
-        )  # fmt: skip
+        """Run a `flwr` CLI command against this SuperLink and return its JSON answer. A command that does not
+        answer in time (a starved machine) is an unsuccessful answer, not an exception: a status poll then asks
+        again at the next poll instead of abandoning a run that is still going."""
+        try:
+            done = subprocess.run(
+                [_bin("flwr"), *args, "--format", "json"], capture_output=True, text=True, env=self.env,
+                timeout=timeout, cwd=self.cwd,
+            )  # fmt: skip
+        except subprocess.TimeoutExpired:
+            return {"success": False, "error-message": f"`flwr {args[0]}` did not answer within {timeout:.0f} s"}
         start = done.stdout.find("{")
         try:
             return json.loads(done.stdout[start:]) if start >= 0 else {"success": False, "error-message": done.stderr}
@@ -195,11 +200,14 @@ class ControlClient:
             on_poll()
         return status
 
-    def server_log(self, run_id: int) -> str:
-        done = subprocess.run(
-            [_bin("flwr"), "log", str(run_id), CONNECTION, "--show"], capture_output=True, text=True,
-            env=self.env, timeout=120, cwd=self.cwd,
-        )  # fmt: skip
+    def server_log(self, run_id: int, timeout: float = 120.0) -> str:
+        try:
+            done = subprocess.run(
+                [_bin("flwr"), "log", str(run_id), CONNECTION, "--show"], capture_output=True, text=True,
+                env=self.env, timeout=timeout, cwd=self.cwd,
+            )  # fmt: skip
+        except subprocess.TimeoutExpired:
+            return f"(`flwr log {run_id}` did not answer within {timeout:.0f} s)\n"
         return done.stdout + done.stderr
 
     def stop_run(self, run_id: int) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -147,6 +148,32 @@ def test_run_status_is_asked_rarely_until_the_run_has_probably_ended(tmp_path, m
     assert status == "finished:completed"
     assert queries == [7, 7, 7]  # at the start, then at every poll once ended() said so
     assert len(polls) == 12  # ten polls without a query, one after the second query, one at the end
+
+
+def test_a_flwr_command_that_does_not_answer_in_time_is_a_failed_answer_and_the_run_is_still_followed(
+    tmp_path, monkeypatch
+):
+    """On a starved machine `flwr ls` once took over 120 s and its TimeoutExpired ended `ecg-fat federate` with a
+    traceback while the run went on. A late answer is now an unknown status, asked again at the next poll."""
+    control = ControlClient("127.0.0.1:1", tmp_path / "ca.crt", tmp_path / "home")
+    answers = iter(["late", "finished:completed"])
+
+    def run(command, **kwargs):
+        answer = next(answers)
+        if answer == "late":
+            raise subprocess.TimeoutExpired(command, kwargs["timeout"])
+        return subprocess.CompletedProcess(command, 0, json.dumps({"runs": [{"status": answer}]}), "")
+
+    monkeypatch.setattr(subprocess, "run", run)
+    assert control.wait_run(7, poll=0.001, status_every=0) == "finished:completed"
+
+    def never_answers(command, **kwargs):
+        raise subprocess.TimeoutExpired(command, kwargs["timeout"])
+
+    monkeypatch.setattr(subprocess, "run", never_answers)
+    answer = control.flwr("supernode", "register", "key.pub", timeout=5)
+    assert answer == {"success": False, "error-message": "`flwr supernode` did not answer within 5 s"}
+    assert control.server_log(7, timeout=5) == "(`flwr log 7` did not answer within 5 s)\n"
 
 
 def test_client_reads_the_lead_its_node_config_names(tmp_path: Path) -> None:

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The paper's protocol with three run seeds per arm (issue: error bars), from the repository root:
+#   bash docs/results/seeds/run.sh OUT [SEED...]
+# Each run is the paper's protocol through the real federation (`ecg-fat federate`, every default), with its run
+# seed (initial weights, node sampling, per-node training seeds, attacks' random starts: all follow the seed and the
+# partition ids, so a seed is one reproducible run) and AutoAttack + PGD-100 on 1,000 stratified test windows after
+# the last round. The data split stays the default (--data-seed 42). A run whose summary.txt exists is skipped.
+# Then the report: every cell mean +- sample sd over the seeds, beside the paper's four tables:
+#   ecg-fat report OUT/baseline OUT/fat --out OUT/report
+# Time: about 1 h 7 min (FAT) and 28 min (baseline) per seed on the 2-core AVX-512 machine of RUNS.md, about three
+# times that on an AVX2 one; the AutoAttack evaluation adds to the last round.
+# A trial of the whole pipeline in minutes: FLAGS="--rounds 1 --local-epochs 1 --max-train-windows 100
+# --max-test-windows 200 --standard-windows 20" bash docs/results/seeds/run.sh /tmp/trial 0 1 (FLAGS come last).
+set -euo pipefail
+out=${1:?usage: run.sh OUT [SEED...]}
+shift
+[ $# -gt 0 ] || set -- 0 1 2
+read -r -a extra <<<"${FLAGS:-}"
+mkdir -p "$out"
+for seed in "$@"; do
+    for arm in baseline fat; do
+        results="$out/$arm/seed-$seed"
+        [ -f "$results/summary.txt" ] && continue
+        flags=(--seed "$seed" --standard-windows 1000 --results "$results")
+        [ "$arm" = baseline ] && flags+=(--no-adversarial)
+        /usr/bin/time -v ecg-fat federate --mitdb ../shared/data/mitdb --workdir "$out/work" "${flags[@]}" \
+            "${extra[@]}" 2>"$out/$arm-seed-$seed.log"
+    done
+done
+ecg-fat report "$out/baseline" "$out/fat" --out "$out/report"
