@@ -515,9 +515,11 @@ def up_to_date(out: Path, source: Path | None, cfg: PrepareConfig) -> Manifest |
     return manifest if intact else None
 
 
-def load_training_set(prepared: Path) -> Beats:
-    """Every client shard of a prepared directory, concatenated (the centralised reference)."""
-    return Beats.concat([load_beats(prepared / name) for name in Manifest.read(prepared).client_files])
+def load_training_set(prepared: Path, max_windows: int = 0, seed: int = 0) -> Beats:
+    """Every client shard of a prepared directory, each cut to at most `max_windows` as a node would cut it (0:
+    all), concatenated (the centralised reference)."""
+    shards = [load_beats(prepared / name) for name in Manifest.read(prepared).client_files]
+    return Beats.concat([shard.subsample(max_windows, seed) for shard in shards])
 
 
 def download_mitdb(cache: Path) -> Path:

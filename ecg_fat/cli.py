@@ -332,8 +332,10 @@ def add_train_local(commands: argparse._SubParsersAction) -> None:
 def run_train_local(args: argparse.Namespace) -> int:
     cfg = flags.from_args(FederationConfig, args, args.local_flags)
     train_cfg = cfg.train
-    training = load_beats(args.data / args.shard) if args.shard else load_training_set(args.data)
-    training = training.subsample(cfg.max_train_windows, cfg.seed)
+    if args.shard:
+        training = load_beats(args.data / args.shard).subsample(cfg.max_train_windows, cfg.seed)
+    else:  # --max-train-windows is per shard, as in a federation
+        training = load_training_set(args.data, cfg.max_train_windows, cfg.seed)
     test = load_beats(args.data / TEST_FILE).subsample(cfg.max_test_windows, cfg.seed)
     device = pick_device()
     log.info(

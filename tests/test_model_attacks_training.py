@@ -179,6 +179,18 @@ def test_train_local_cli_end_to_end(record_dir: Path, tmp_path: Path, capsys: py
     assert rows["clean"] == [f"{100 * clean[k]:.2f}" for k in ("accuracy", "precision", "recall", "f1")]
 
 
+def test_the_centralised_reference_caps_each_shard_as_a_node_would(record_dir: Path, tmp_path: Path) -> None:
+    """--max-train-windows means per shard everywhere: train-local on all shards trains on what the nodes would."""
+    from common.data import load_training_set
+
+    manifest = prepare(record_dir, tmp_path / "p", PrepareConfig(clients=2))
+    shards = [load_beats(tmp_path / "p" / name) for name in manifest.client_files]
+    capped = load_training_set(tmp_path / "p", 7, seed=3)
+    expected = Beats.concat([shard.subsample(7, 3) for shard in shards])
+    assert len(capped) == 14 and np.array_equal(capped.x, expected.x) and np.array_equal(capped.y, expected.y)
+    assert len(load_training_set(tmp_path / "p")) == sum(map(len, shards))
+
+
 def test_train_local_bad_flag(record_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["train-local", "--data", str(tmp_path), "--epochs", "0"]) == 2
     assert "--epochs" in capsys.readouterr().err
