@@ -292,16 +292,3 @@ def test_a_subsample_is_the_seeds_and_only_the_seeds() -> None:
     beats = synthetic_beats(50)
     first, again, other = (beats.subsample(10, seed).x[:, 0, :3] for seed in (3, 3, 4))
     assert np.array_equal(first, again) and not np.array_equal(first, other)
-
-
-def test_the_printed_table_shows_each_class_recall() -> None:
-    """The macro averages hide the minority classes: every table printed by train-local and evaluate names them."""
-    from common.metrics import format_table
-
-    row = {"accuracy": 0.9, "precision": 0.5, "recall": 0.4, "f1": 0.3, "seconds": 1.0}
-    table = format_table(
-        {"clean": row | {"recall_per_class": {"N": 0.9, "S": 0.125, "V": 0.8, "F": 0.0, "Q": 1.0}}, "pgd100": row}
-    ).splitlines()
-    assert table[0].split()[-10:] == ["rec", "N", "rec", "S", "rec", "V", "rec", "F", "rec", "Q"]
-    assert table[1].split()[-5:] == ["90.00", "12.50", "80.00", "0.00", "100.00"]
-    assert table[2].split()[-5:] == ["-"] * 5  # a condition measured without per-class recall

@@ -378,10 +378,11 @@ def test_evaluation_prints_a_progress_line_per_condition(tmp_path: Path, capsys:
 def test_progress_line_and_table_show_the_metrics_in_percent() -> None:
     m = {"accuracy": 0.97471, "precision": 0.9, "recall": 0.76154, "f1": 0.8179, "seconds": 12.34}
     assert progress_line(10, "pgd", m) == "round 10 pgd   acc  97.47  prec  90.00  rec  76.15  f1  81.79  (12.3 s)"
-    assert format_table({"clean": m, "cw": m | {"accuracy": 0.3423}}).splitlines() == [
-        "condition   accuracy  precision   recall      f1  seconds",
-        "clean          97.47      90.00    76.15   81.79     12.3",
-        "cw             34.23      90.00    76.15   81.79     12.3",
+    recall = {"N": 0.995, "S": 0.57, "V": 0.93, "F": 0.325, "Q": 0.987}
+    assert format_table({"clean": m | {"recall_per_class": recall}, "cw": m | {"accuracy": 0.3423}}).splitlines() == [
+        "condition   accuracy  precision   recall      f1  seconds   rec N   rec S   rec V   rec F   rec Q",
+        "clean          97.47      90.00    76.15   81.79     12.3   99.50   57.00   93.00   32.50   98.70",
+        "cw             34.23      90.00    76.15   81.79     12.3       -       -       -       -       -",
     ]
 
 
