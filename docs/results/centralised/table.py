@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 CLASSES = ("N", "S", "V", "F", "Q")
+STANDARD = ("clean-subset", "pgd-subset", "pgd100", "autoattack")  # on the stratified subset
 
 
 def main(out: Path) -> None:
@@ -19,8 +20,9 @@ def main(out: Path) -> None:
         for condition, m in measured["results"].items():
             recalls = m.get("recall_per_class", {})
             cells = [f"{100 * recalls[c]:.1f}" if c in recalls else "-" for c in CLASSES]
+            windows = measured["config"]["standard"]["windows"] if condition in STANDARD else measured["windows"]
             print(
-                f"| {path.parent.name} | {condition} | {measured['windows']} | {100 * m['accuracy']:.2f} "
+                f"| {path.parent.name} | {condition} | {windows} | {100 * m['accuracy']:.2f} "
                 f"| {100 * m['f1']:.2f} | " + " | ".join(cells) + " |"
             )
 
