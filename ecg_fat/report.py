@@ -50,9 +50,8 @@ class ReportError(ValueError):
     """A results directory cannot be reported (missing or empty metrics)."""
 
 
-SEED_KEYS = (("seed",), ("train", "seed"), ("evaluate", "seed"))
 # What may differ between the seeds of one arm: the seeds, and where each run kept its files.
-PER_RUN_KEYS = (*SEED_KEYS, ("results-dir",), ("resume",), ("test-path",))
+PER_RUN_KEYS = (("seed",), ("train", "seed"), ("evaluate", "seed"), ("results-dir",), ("resume",), ("test-path",))
 
 
 @dataclass(frozen=True)
@@ -63,10 +62,6 @@ class Run:
     name: str
     adversarial: bool
     seeds: list[list[dict]]  # metrics.jsonl rows, one list per seed
-
-    @property
-    def rows(self) -> list[dict]:
-        return self.seeds[0]
 
     @property
     def last_round(self) -> int:
