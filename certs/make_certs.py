@@ -142,6 +142,10 @@ def make_server_cert(out: Path, ca: x509.Certificate, ca_key: ec.EllipticCurvePr
     _write(crt_path, cert.public_bytes(serialization.Encoding.PEM), private=False)
 
 
+class CertificateError(Exception):
+    """A certificate directory that cannot be used as it is; the message says what to do."""
+
+
 def node_key_path(out: Path, index: int) -> Path:
     """A SuperNode's private key, in a directory of its own (a container mounts only that directory)."""
     return out / f"node-{index:02d}" / "node"
@@ -155,6 +159,11 @@ def make_node_key(path: Path, label: str | None = None) -> None:
     """An EC P-384 key pair in OpenSSH format (Flower rejects ed25519); `label` is the public key's comment."""
     if path.exists() and path.with_suffix(".pub").exists():
         return
+    if path.parent.is_file():  # an earlier version kept each node's key there, not in a directory of its own
+        raise CertificateError(
+            f"{path.parent} is a node key of an earlier layout (keys now live at {path}): move it there and "
+            f"{path.parent}.pub to {path}.pub, or delete {path.parent.parent} to make new certificates and keys"
+        )
     path.parent.mkdir(parents=True, exist_ok=True)
     key = ec.generate_private_key(ec.SECP384R1())
     private = key.private_bytes(
@@ -216,7 +225,10 @@ def main(argv: list[str] | None = None) -> int:
         make_node_key(args.node_key)
         print(f"node key pair {args.node_key} (private, keep it here) and {args.node_key}.pub (send it to the server)")
         return 0
-    make_all(args.out, args.nodes, args.san, args.public_dir)
+    try:
+        make_all(args.out, args.nodes, args.san, args.public_dir)
+    except CertificateError as error:
+        parser.exit(1, f"{parser.prog}: error: {error}\n")
     print(f"certificates and {args.nodes} node key pairs in {args.out}")
     return 0
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from certs.make_certs import CertificateError
 from common.config import AttackerConfig, ConfigError, EvalConfig, FederationConfig, PrepareConfig
 from common.data import (
     TEST_FILE,
@@ -56,7 +57,7 @@ from server.results import ResultsError
 log = logging.getLogger("ecg_fat")
 DEFAULT_CACHE = Path.home() / ".cache" / "ecg-fat" / "mitdb"
 # Everything a user can cause ends as one line naming the file, value or flag (main, below).
-USER_ERRORS = (DataError, LauncherError, ResultsError, ReportError, ConfigError, BenchError)
+USER_ERRORS = (DataError, LauncherError, ResultsError, ReportError, ConfigError, BenchError, CertificateError)
 
 
 def local_path(text: str) -> Path:

@@ -9,12 +9,13 @@ import stat
 import threading
 from pathlib import Path
 
+import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_ssh_private_key, load_ssh_public_key
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from certs.make_certs import main, make_all
+from certs.make_certs import CertificateError, main, make_all
 
 
 def _cert(path: Path) -> x509.Certificate:
@@ -53,6 +54,22 @@ def test_rerun_keeps_existing_files(tmp_path: Path) -> None:
     after = {str(p.relative_to(tmp_path)): p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
     assert all(after[name] == data for name, data in before.items())
     assert "node-01/node" in after
+
+
+def test_a_directory_of_the_earlier_key_layout_is_named_not_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    # Before keys had a directory each, node 0's private key was the file certs/node-00: found when a workdir
+    # made by an older version crashed `ecg-fat federate` with FileExistsError.
+    (tmp_path / "node-00").write_text("an old private key")
+    with pytest.raises(CertificateError, match="node-00 is a node key of an earlier layout"):
+        make_all(tmp_path, nodes=1)
+    assert (tmp_path / "node-00").read_text() == "an old private key"  # nothing lost
+    with pytest.raises(SystemExit) as stopped:
+        main(["--out", str(tmp_path), "--nodes", "1"])
+    assert stopped.value.code == 1
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and f"delete {tmp_path}" in error
 
 
 def test_strict_python_tls_client_accepts_the_server(tmp_path: Path) -> None:
