@@ -22,6 +22,11 @@ def pgd(model: nn.Module, cfg: PgdConfig) -> Attack:
     return torchattacks.PGD(model, eps=cfg.eps, alpha=cfg.alpha, steps=cfg.steps, random_start=cfg.random_start)
 
 
+def kl_pgd(model: nn.Module, cfg: PgdConfig) -> Attack:
+    """TRADES' inner maximisation: PGD on KL(f(x) || f(x')), labels unused (torchattacks' TPGD)."""
+    return torchattacks.TPGD(model, eps=cfg.eps, alpha=cfg.alpha, steps=cfg.steps)
+
+
 def fgsm(model: nn.Module, cfg: FgsmConfig) -> Attack:
     return torchattacks.FGSM(model, eps=cfg.eps)
 

@@ -250,7 +250,27 @@ class TrainConfig(_Settings):
         description="cross-entropy class weights from the node's label counts: balanced = n / (classes present "
         "x count), sqrt-balanced = its square root; none: the paper's unweighted loss",
     )
+    # Beyond the paper (off by default): keep the class weights off the adversarial half, or train with TRADES.
+    weighted_half: Literal["both", "clean"] = Field(
+        "both",
+        description="adversarial training with class weights: the half of each batch the weights apply to "
+        "(clean: the adversarial half keeps the unweighted loss)",
+    )
+    objective: Literal["concat", "trades"] = Field(
+        "concat",
+        description="adversarial training loss: concat = Algorithm 1, cross-entropy on concat(x, PGD(x)); "
+        "trades = TRADES, cross-entropy on x + beta x KL(f(x) || f(x')), x' from PGD on that KL",
+    )
+    trades_beta: float = Field(6.0, ge=0.0, description="TRADES: the weight of the robustness (KL) term")
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _options_that_apply(self) -> TrainConfig:
+        if self.objective == "trades" and not self.adversarial:
+            raise ValueError("objective trades is adversarial training: it cannot be combined with adversarial false")
+        if self.weighted_half == "clean" and (self.class_weights == "none" or self.objective != "concat"):
+            raise ValueError("weighted-half clean needs class-weights balanced or sqrt-balanced and objective concat")
+        return self
 
 
 class EvalConfig(_Settings):

@@ -9,8 +9,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import nn
+from torch.nn import functional as F
 
-from common.attacks import perturb, pgd
+from common.attacks import kl_pgd, perturb, pgd
 from common.config import NUM_CLASSES, TrainConfig
 from common.data import Beats
 
@@ -40,6 +41,34 @@ def to_tensors(beats: Beats, device: torch.device) -> tuple[torch.Tensor, torch.
     return torch.from_numpy(beats.x).to(device), torch.from_numpy(beats.y).to(device)
 
 
+def make_loss(cfg: TrainConfig, weights: torch.Tensor | None) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The loss of a batch's logits given its labels: for adversarial training the logits are those of
+    concat(x, x') and the labels those of x. Algorithm 1: cross-entropy on both halves, class-weighted on both or
+    on the clean half only; TRADES: cross-entropy on x + beta x KL(f(x) || f(x'))."""
+
+    def clean(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits, y, weight=weights)
+
+    if not cfg.adversarial:
+        return clean
+    if cfg.objective == "trades":
+
+        def trades(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            natural, adversarial = logits.chunk(2)
+            kl = F.kl_div(F.log_softmax(adversarial, 1), F.softmax(natural, 1), reduction="batchmean")
+            return clean(natural, y) + cfg.trades_beta * kl
+
+        return trades
+    if cfg.weighted_half == "clean":
+
+        def clean_half_weighted(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            natural, adversarial = logits.chunk(2)
+            return (clean(natural, y) + F.cross_entropy(adversarial, y)) / 2
+
+        return clean_half_weighted
+    return lambda logits, y: clean(logits, torch.cat([y, y]))
+
+
 def train(
     model: nn.Module,
     beats: Beats,
@@ -53,8 +82,10 @@ def train(
     x, y = to_tensors(beats, device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     weights = class_weights(beats.y, cfg.class_weights)
-    loss_fn = nn.CrossEntropyLoss(weight=None if weights is None else weights.to(device))
-    attack = pgd(model, cfg.pgd) if cfg.adversarial else None
+    loss_fn = make_loss(cfg, None if weights is None else weights.to(device))
+    attack = None
+    if cfg.adversarial:
+        attack = kl_pgd(model, cfg.pgd) if cfg.objective == "trades" else pgd(model, cfg.pgd)
     history = []
     for epoch in range(1, cfg.epochs + 1):
         started = time.perf_counter()
@@ -63,16 +94,16 @@ def train(
             xb, yb = x[batch], y[batch]
             if attack is not None:
                 xb = torch.cat([xb, perturb(attack, xb, yb)])
-                yb = torch.cat([yb, yb])
             model.train()
             optimizer.zero_grad(set_to_none=True)
             logits = model(xb)
             loss = loss_fn(logits, yb)
             loss.backward()
             optimizer.step()
-            total_loss += loss.item() * len(yb)
-            correct += int((logits.argmax(1) == yb).sum())
-            seen += len(yb)
+            seen_labels = yb.repeat(len(logits) // len(yb))
+            total_loss += loss.item() * len(seen_labels)
+            correct += int((logits.argmax(1) == seen_labels).sum())
+            seen += len(seen_labels)
         stats = EpochStats(epoch, total_loss / seen, correct / seen, seen, time.perf_counter() - started)
         history.append(stats)
         if on_epoch:

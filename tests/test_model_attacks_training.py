@@ -102,12 +102,12 @@ def test_adversarial_step_trains_on_twice_the_batch() -> None:
 
 
 def test_adversarial_batch_is_clean_then_pgd_with_repeated_labels(monkeypatch: pytest.MonkeyPatch) -> None:
-    seen: list[tuple[torch.Tensor, torch.Tensor]] = []
-    original = torch.nn.CrossEntropyLoss.forward
+    seen: list[torch.Tensor] = []
+    original = torch.nn.functional.cross_entropy
     monkeypatch.setattr(
-        torch.nn.CrossEntropyLoss,
-        "forward",
-        lambda self, logits, target: seen.append(target) or original(self, logits, target),
+        torch.nn.functional,
+        "cross_entropy",
+        lambda logits, target, **kwargs: seen.append(target) or original(logits, target, **kwargs),
     )
     train(
         EcgCnn(), synthetic_beats(8), TrainConfig(epochs=1, batch_size=8, pgd=PgdConfig(steps=1)), torch.device("cpu")
@@ -275,6 +275,63 @@ def test_epoch_stats_are_the_loss_and_accuracy_the_optimiser_saw(weighting: str)
         assert stats.loss == pytest.approx(total / 40, abs=1e-6) and 0 < stats.seconds < 60
     for name, tensor in reference.state_dict().items():
         torch.testing.assert_close(model.state_dict()[name], tensor, rtol=0, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize(("objective", "weighted_half"), [("concat", "both"), ("concat", "clean"), ("trades", "both")])
+def test_adversarial_losses_are_their_formulas(objective: str, weighted_half: str) -> None:
+    import torchattacks
+    from torch.nn.functional import cross_entropy, kl_div, log_softmax, softmax
+
+    beats = synthetic_beats(24)
+    pgd_cfg = PgdConfig(steps=2)
+    cfg = TrainConfig(
+        epochs=1, batch_size=12, lr=3e-3, seed=2, class_weights="sqrt-balanced", pgd=pgd_cfg,
+        weighted_half=weighted_half, objective=objective, trades_beta=3.0,
+    )  # fmt: skip
+    model = build_model(0)
+    train(model, beats, cfg, torch.device("cpu"))
+    # Written out: Algorithm 1 (weights on both halves or the clean one), or TRADES with torchattacks' KL-PGD.
+    reference = build_model(0)
+    torch.manual_seed(2)
+    optimizer = torch.optim.Adam(reference.parameters(), lr=3e-3)
+    x, y = torch.from_numpy(beats.x), torch.from_numpy(beats.y)
+    weight = reference_class_weights(beats.y, "sqrt-balanced")
+    if objective == "trades":
+        attack = torchattacks.TPGD(reference, eps=pgd_cfg.eps, alpha=pgd_cfg.alpha, steps=2)
+    else:
+        attack = torchattacks.PGD(reference, eps=pgd_cfg.eps, alpha=pgd_cfg.alpha, steps=2, random_start=True)
+    for batch in torch.randperm(24).split(12):
+        adversarial = attack(x[batch], y[batch]).detach()
+        optimizer.zero_grad()
+        natural_logits, adversarial_logits = reference(x[batch]), reference(adversarial)
+        if objective == "trades":
+            kl = kl_div(log_softmax(adversarial_logits, 1), softmax(natural_logits, 1), reduction="batchmean")
+            loss = cross_entropy(natural_logits, y[batch], weight=weight) + 3.0 * kl
+        elif weighted_half == "clean":
+            unweighted = cross_entropy(adversarial_logits, y[batch])
+            loss = (cross_entropy(natural_logits, y[batch], weight=weight) + unweighted) / 2
+        else:
+            both = torch.cat([natural_logits, adversarial_logits])
+            loss = cross_entropy(both, torch.cat([y[batch], y[batch]]), weight=weight)
+        loss.backward()
+        optimizer.step()
+    for name, tensor in reference.state_dict().items():
+        torch.testing.assert_close(model.state_dict()[name], tensor, rtol=0, atol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize(
+    ("settings", "named"),
+    [
+        ({"weighted_half": "clean"}, "weighted-half clean needs class-weights"),
+        ({"weighted_half": "clean", "class_weights": "balanced", "objective": "trades"}, "objective concat"),
+        ({"objective": "trades", "adversarial": False}, "objective trades is adversarial training"),
+    ],
+)
+def test_training_options_that_would_do_nothing_are_refused(settings: dict, named: str) -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match=named):
+        TrainConfig(**settings)
 
 
 def test_every_attack_setting_reaches_the_attack() -> None:
