@@ -50,3 +50,17 @@ intra_fat 0
 # and AutoAttack and PGD-100 on a stratified 250 of them.
 arm inter-fat-none inter "--class-weights none" "--standard-windows 250"
 intra_fat 1
+# Beyond Algorithm 1's loss (same budget): the class weights on the clean half only (the adversarial half keeps the
+# unweighted loss), TRADES (beta 6) alone, and TRADES with the weights on its cross-entropy term only. Run in this
+# order: seed 0 of the first three, sqrt-balanced clean-half with seed 1, then balanced clean-half with seed 0.
+budget() { echo "--max-train-windows 2000 --seed $1"; }
+evaluate="--max-test-windows 5000 --conditions clean pgd"
+for seed in 0 1; do
+    arm "intra-fat-sqrt-clean-half-s$seed" intra "$(budget $seed) --class-weights sqrt-balanced --weighted-half clean" \
+        "$evaluate"
+    arm "intra-trades-none-s$seed" intra "$(budget $seed) --objective trades" "$evaluate"
+    arm "intra-trades-sqrt-balanced-s$seed" intra "$(budget $seed) --objective trades --class-weights sqrt-balanced" \
+        "$evaluate"
+    arm "intra-fat-balanced-clean-half-s$seed" intra "$(budget $seed) --class-weights balanced --weighted-half clean" \
+        "$evaluate"
+done
