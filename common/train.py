@@ -100,7 +100,7 @@ def train(
             loss = loss_fn(logits, yb)
             loss.backward()
             optimizer.step()
-            seen_labels = yb.repeat(len(logits) // len(yb))
+            seen_labels = yb.repeat(len(logits) // len(yb))  # adversarial: the labels of concat(x, x')
             total_loss += loss.item() * len(seen_labels)
             correct += int((logits.argmax(1) == seen_labels).sum())
             seen += len(seen_labels)
