@@ -262,6 +262,13 @@ class TrainConfig(_Settings):
         "trades = TRADES, cross-entropy on x + beta x KL(f(x) || f(x')), x' from PGD on that KL",
     )
     trades_beta: float = Field(6.0, ge=0.0, description="TRADES: the weight of the robustness (KL) term")
+    # Beyond the paper (off by default): the rare arrhythmias seen more often instead of weighing more.
+    sampling: Literal["shuffle", "balanced", "sqrt-balanced"] = Field(
+        "shuffle",
+        description="the windows of an epoch: shuffle = each once, in random order (the paper's); balanced = "
+        "as many drawn with replacement, each class equally likely; sqrt-balanced = each window's chance "
+        "proportional to the square root of its class's balanced weight",
+    )
     seed: int = 0
 
     @model_validator(mode="after")

@@ -10,6 +10,8 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
+from torch.utils.data import WeightedRandomSampler
+from torchattacks.attack import Attack
 
 from common.attacks import kl_pgd, perturb, pgd
 from common.config import NUM_CLASSES, TrainConfig
@@ -41,16 +43,20 @@ def to_tensors(beats: Beats, device: torch.device) -> tuple[torch.Tensor, torch.
     return torch.from_numpy(beats.x).to(device), torch.from_numpy(beats.y).to(device)
 
 
-def make_loss(cfg: TrainConfig, weights: torch.Tensor | None) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """The loss of a batch's logits given its labels: for adversarial training the logits are those of
-    concat(x, x') and the labels those of x. Algorithm 1: cross-entropy on both halves, class-weighted on both or
-    on the clean half only; TRADES: cross-entropy on x + beta x KL(f(x) || f(x'))."""
+Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def make_objective(model: nn.Module, cfg: TrainConfig, weights: torch.Tensor | None) -> tuple[Attack | None, Loss]:
+    """The attack that makes x' (none for clean training) and the loss of a batch's logits given its labels: for
+    adversarial training the logits are those of concat(x, x') and the labels those of x. Algorithm 1: PGD on
+    cross-entropy, then cross-entropy on both halves, class-weighted on both or on the clean half only; TRADES:
+    PGD on the KL term, then cross-entropy on x + beta x KL(f(x) || f(x'))."""
 
     def clean(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(logits, y, weight=weights)
 
     if not cfg.adversarial:
-        return clean
+        return None, clean
     if cfg.objective == "trades":
 
         def trades(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -58,15 +64,25 @@ def make_loss(cfg: TrainConfig, weights: torch.Tensor | None) -> Callable[[torch
             kl = F.kl_div(F.log_softmax(adversarial, 1), F.softmax(natural, 1), reduction="batchmean")
             return clean(natural, y) + cfg.trades_beta * kl
 
-        return trades
+        return kl_pgd(model, cfg.pgd), trades
     if cfg.weighted_half == "clean":
 
         def clean_half_weighted(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
             natural, adversarial = logits.chunk(2)
             return (clean(natural, y) + F.cross_entropy(adversarial, y)) / 2
 
-        return clean_half_weighted
-    return lambda logits, y: clean(logits, torch.cat([y, y]))
+        return pgd(model, cfg.pgd), clean_half_weighted
+    return pgd(model, cfg.pgd), lambda logits, y: clean(logits, torch.cat([y, y]))
+
+
+def epoch_order(labels: torch.Tensor, how: str) -> torch.Tensor:
+    """The indices of one epoch's windows: a permutation, or as many drawn with replacement with each window's
+    chance its class's weight (balanced: every class equally likely, whatever its count)."""
+    if how == "shuffle":
+        return torch.randperm(len(labels), device=labels.device)
+    on_cpu = labels.cpu()
+    chances = class_weights(on_cpu.numpy(), how)[on_cpu]  # type: ignore[index]  # how is a weighting here
+    return torch.tensor(list(WeightedRandomSampler(chances, len(labels))), device=labels.device)
 
 
 def train(
@@ -77,20 +93,17 @@ def train(
     on_epoch: Callable[[EpochStats], None] | None = None,
 ) -> list[EpochStats]:
     """Train `model` in place for `cfg.epochs` epochs with Adam and cross-entropy."""
-    torch.manual_seed(cfg.seed)  # the only generator training draws from: shuffling, PGD's random start
+    torch.manual_seed(cfg.seed)  # the only generator training draws from: the epoch order, PGD's random start
     model.to(device)
     x, y = to_tensors(beats, device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     weights = class_weights(beats.y, cfg.class_weights)
-    loss_fn = make_loss(cfg, None if weights is None else weights.to(device))
-    attack = None
-    if cfg.adversarial:
-        attack = kl_pgd(model, cfg.pgd) if cfg.objective == "trades" else pgd(model, cfg.pgd)
+    attack, loss_fn = make_objective(model, cfg, None if weights is None else weights.to(device))
     history = []
     for epoch in range(1, cfg.epochs + 1):
         started = time.perf_counter()
         total_loss, correct, seen = 0.0, 0, 0
-        for batch in torch.randperm(len(y), device=device).split(cfg.batch_size):
+        for batch in epoch_order(y, cfg.sampling).split(cfg.batch_size):
             xb, yb = x[batch], y[batch]
             if attack is not None:
                 xb = torch.cat([xb, perturb(attack, xb, yb)])

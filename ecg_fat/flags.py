@@ -70,6 +70,7 @@ TRAINING = [
     _flag("--weighted-half", "train.weighted-half"),
     _flag("--objective", "train.objective"),
     _flag("--trades-beta", "train.trades-beta"),
+    _flag("--sampling", "train.sampling"),
     _flag("--max-train-windows", "max-train-windows"),
     MAX_TEST,
     SEED,

@@ -84,6 +84,12 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
+def _wait_gone(pids: list[int], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.2)
+
+
 def _signal_all(pids: list[int], sig: signal.Signals) -> None:
     for pid in pids:
         with contextlib.suppress(ProcessLookupError):
@@ -258,10 +264,10 @@ class LocalFederation:
         processes = [process for name in names if (process := self.processes.pop(name, None)) is not None]
         everything = [pid for process in processes for pid in [process.pid, *descendants(process.pid)]]
         _signal_all(everything, signal.SIGTERM)
-        deadline = time.monotonic() + grace
-        while any(_alive(pid) for pid in everything) and time.monotonic() < deadline:
-            time.sleep(0.2)
+        _wait_gone(everything, grace)
         _signal_all(everything, signal.SIGKILL)
+        # SIGKILL is delivered asynchronously: return only once the grandchildren have exited too.
+        _wait_gone(everything, 10.0)
         for process in processes:
             process.wait()
 

@@ -277,6 +277,38 @@ def test_epoch_stats_are_the_loss_and_accuracy_the_optimiser_saw(weighting: str)
         torch.testing.assert_close(model.state_dict()[name], tensor, rtol=0, atol=1e-6, msg=name)
 
 
+@pytest.mark.parametrize("sampling", ["balanced", "sqrt-balanced"])
+def test_class_balanced_sampling_draws_each_epoch_with_the_class_weights_as_chances(sampling: str) -> None:
+    from torch.utils.data import WeightedRandomSampler
+
+    from common.train import epoch_order
+
+    beats = synthetic_beats(40)
+    cfg = TrainConfig(epochs=2, batch_size=16, lr=3e-3, adversarial=False, seed=5, sampling=sampling)
+    model = build_model(0)
+    train(model, beats, cfg, torch.device("cpu"))
+    # Written out: each epoch, 40 windows drawn with replacement, a window's chance its class's sklearn weight.
+    reference = build_model(0)
+    torch.manual_seed(5)
+    optimizer = torch.optim.Adam(reference.parameters(), lr=3e-3)
+    x, y = torch.from_numpy(beats.x), torch.from_numpy(beats.y)
+    chances = reference_class_weights(beats.y, sampling)[y]  # type: ignore[index]
+    for _ in (1, 2):
+        for batch in torch.tensor(list(WeightedRandomSampler(chances, 40))).split(16):
+            optimizer.zero_grad()
+            torch.nn.functional.cross_entropy(reference(x[batch]), y[batch]).backward()
+            optimizer.step()
+    for name, tensor in reference.state_dict().items():
+        torch.testing.assert_close(model.state_dict()[name], tensor, rtol=0, atol=1e-6, msg=name)
+    # What it is for: class 1 is 1% of the windows; balanced sampling makes it a fifth of an epoch, sqrt-balanced
+    # its share of the square roots of the counts (count x sqrt(n / (5 x count)) is proportional to sqrt(count)).
+    counts = [9_000, 100, 500, 300, 100]
+    labels = torch.repeat_interleave(torch.arange(5), torch.tensor(counts))
+    shares = torch.bincount(labels[epoch_order(labels, sampling)], minlength=5) / len(labels)
+    expected = 0.2 if sampling == "balanced" else np.sqrt(100) / np.sqrt(counts).sum()
+    assert shares[1].item() == pytest.approx(expected, abs=0.015)
+
+
 @pytest.mark.parametrize(("objective", "weighted_half"), [("concat", "both"), ("concat", "clean"), ("trades", "both")])
 def test_adversarial_losses_are_their_formulas(objective: str, weighted_half: str) -> None:
     import torchattacks

@@ -64,3 +64,12 @@ for seed in 0 1; do
     arm "intra-fat-balanced-clean-half-s$seed" intra "$(budget $seed) --class-weights balanced --weighted-half clean" \
         "$evaluate"
 done
+# Class-balanced sampling (the rare beats drawn more often, each epoch as many windows; the paper's unweighted loss),
+# alone and with TRADES.
+for seed in 0 1; do
+    for sampling in sqrt-balanced balanced; do
+        arm "intra-fat-sampling-$sampling-s$seed" intra "$(budget $seed) --sampling $sampling" "$evaluate"
+    done
+    arm "intra-trades-sampling-sqrt-balanced-s$seed" intra "$(budget $seed) --objective trades --sampling sqrt-balanced" \
+        "$evaluate"
+done
