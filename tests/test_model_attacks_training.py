@@ -246,6 +246,8 @@ def test_class_weights_are_scikit_learns_balanced_weights() -> None:
         torch.testing.assert_close(class_weights(labels, how), reference_class_weights(labels, how))
     assert class_weights(labels, "balanced")[1] == pytest.approx(76 / (4 * 5))  # 4 classes present
     assert class_weights(labels, "none") is None
+    # A node without Q beats (the highest label) still gets one weight per class, as cross-entropy needs.
+    assert class_weights(labels[labels < 4], "balanced").shape == (5,)
 
 
 @pytest.mark.parametrize("weighting", ["none", "balanced", "sqrt-balanced"])
