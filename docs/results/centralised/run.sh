@@ -77,3 +77,6 @@ done
 # (twice the optimiser steps per epoch) and with a larger learning rate, seed 0.
 arm intra-fat-none-batch32-s0 intra "$(budget 0) --batch-size 32" "$evaluate"
 arm intra-fat-none-lr3e-3-s0 intra "$(budget 0) --lr 0.003" "$evaluate"
+# A third seed of the paper's loss and of sqrt-balanced sampling, for the mean and spread over three seeds.
+arm intra-fat-none-s2 intra "--max-train-windows 2000 --class-weights none --seed 2" "$evaluate"
+arm intra-fat-sampling-sqrt-balanced-s2 intra "$(budget 2) --sampling sqrt-balanced" "$evaluate"
