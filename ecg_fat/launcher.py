@@ -274,7 +274,9 @@ class LocalFederation:
     def kill(self, name: str) -> None:
         """Kill abruptly, with everything it spawned, as a crash or a pulled plug would."""
         process = self.processes.pop(name)
-        _signal_all([process.pid, *descendants(process.pid)], signal.SIGKILL)
+        everything = [process.pid, *descendants(process.pid)]
+        _signal_all(everything, signal.SIGKILL)
+        _wait_gone(everything, 10.0)  # as in _stop: the grandchildren exit a moment after the signal
         process.wait()
 
     def stop_all(self, grace: float = 10.0) -> None:
