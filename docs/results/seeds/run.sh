@@ -11,14 +11,16 @@
 # times that on an AVX2 one; the AutoAttack evaluation adds to the last round.
 # A trial of the whole pipeline in minutes: FLAGS="--rounds 1 --local-epochs 1 --max-train-windows 100
 # --max-test-windows 200 --standard-windows 20" bash docs/results/seeds/run.sh /tmp/trial 0 1 (FLAGS come last).
+# ARMS="baseline" runs one arm only (default: both); the report shows the arms that have runs.
 set -euo pipefail
 out=${1:?usage: run.sh OUT [SEED...]}
 shift
 [ $# -gt 0 ] || set -- 0 1 2
 read -r -a extra <<<"${FLAGS:-}"
+read -r -a arms <<<"${ARMS:-baseline fat}"
 mkdir -p "$out"
 for seed in "$@"; do
-    for arm in baseline fat; do
+    for arm in "${arms[@]}"; do
         results="$out/$arm/seed-$seed"
         [ -f "$results/summary.txt" ] && continue
         flags=(--seed "$seed" --standard-windows 1000 --results "$results")
@@ -27,4 +29,6 @@ for seed in "$@"; do
             "${extra[@]}" 2>"$out/$arm-seed-$seed.log"
     done
 done
-ecg-fat report "$out/baseline" "$out/fat" --out "$out/report"
+reports=()
+for arm in baseline fat; do [ -d "$out/$arm" ] && reports+=("$out/$arm"); done
+ecg-fat report "${reports[@]}" --out "$out/report"
