@@ -196,6 +196,9 @@ def test_train_local_bad_flag(record_dir: Path, tmp_path: Path, capsys: pytest.C
     assert "--epochs" in capsys.readouterr().err
     assert main(["train-local", "--data", str(tmp_path), "--pgd-eps", "-1"]) == 2
     assert "--pgd-eps" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:  # a choice argparse knows: its own one line, exit 2
+        main(["train-local", "--data", str(tmp_path), "--sampling", "uniform"])
+    assert exit_.value.code == 2 and "argument --sampling: invalid choice: 'uniform'" in capsys.readouterr().err
 
 
 def test_evaluate_cli_scores_saved_weights(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -238,6 +241,20 @@ def reference_class_weights(labels: np.ndarray, how: str) -> torch.Tensor | None
     return torch.tensor(np.sqrt(weights) if how == "sqrt-balanced" else weights, dtype=torch.float32)
 
 
+def written_out(beats: Beats, seed: int) -> tuple[EcgCnn, torch.optim.Adam, torch.Tensor, torch.Tensor]:
+    """The start of a training loop written out by hand: a fresh model, the seed train() sets, Adam at lr 3e-3
+    (not its default), and the windows and labels as tensors."""
+    reference = build_model(0)
+    torch.manual_seed(seed)
+    optimizer = torch.optim.Adam(reference.parameters(), lr=3e-3)
+    return reference, optimizer, torch.from_numpy(beats.x), torch.from_numpy(beats.y)
+
+
+def assert_same_weights(model: EcgCnn, reference: EcgCnn, atol: float) -> None:
+    for name, tensor in reference.state_dict().items():
+        torch.testing.assert_close(model.state_dict()[name], tensor, rtol=0, atol=atol, msg=name)
+
+
 def test_class_weights_are_scikit_learns_balanced_weights() -> None:
     from common.train import class_weights
 
@@ -256,11 +273,7 @@ def test_epoch_stats_are_the_loss_and_accuracy_the_optimiser_saw(weighting: str)
     cfg = TrainConfig(epochs=2, batch_size=16, lr=3e-3, adversarial=False, seed=5, class_weights=weighting)
     model = build_model(0)
     history = train(model, beats, cfg, torch.device("cpu"))
-    # The same loop, written out (lr 3e-3, not Adam's default).
-    reference = build_model(0)
-    torch.manual_seed(5)
-    optimizer = torch.optim.Adam(reference.parameters(), lr=3e-3)
-    x, y = torch.from_numpy(beats.x), torch.from_numpy(beats.y)
+    reference, optimizer, x, y = written_out(beats, 5)
     weight = reference_class_weights(beats.y, weighting)
     for epoch in (1, 2):
         total, correct = 0.0, 0
@@ -275,8 +288,7 @@ def test_epoch_stats_are_the_loss_and_accuracy_the_optimiser_saw(weighting: str)
         stats = history[epoch - 1]
         assert (stats.epoch, stats.windows, stats.accuracy) == (epoch, 40, correct / 40)
         assert stats.loss == pytest.approx(total / 40, abs=1e-6) and 0 < stats.seconds < 60
-    for name, tensor in reference.state_dict().items():
-        torch.testing.assert_close(model.state_dict()[name], tensor, rtol=0, atol=1e-6, msg=name)
+    assert_same_weights(model, reference, atol=1e-6)
 
 
 @pytest.mark.parametrize("sampling", ["balanced", "sqrt-balanced"])
@@ -290,18 +302,14 @@ def test_class_balanced_sampling_draws_each_epoch_with_the_class_weights_as_chan
     model = build_model(0)
     train(model, beats, cfg, torch.device("cpu"))
     # Written out: each epoch, 40 windows drawn with replacement, a window's chance its class's sklearn weight.
-    reference = build_model(0)
-    torch.manual_seed(5)
-    optimizer = torch.optim.Adam(reference.parameters(), lr=3e-3)
-    x, y = torch.from_numpy(beats.x), torch.from_numpy(beats.y)
+    reference, optimizer, x, y = written_out(beats, 5)
     chances = reference_class_weights(beats.y, sampling)[y]  # type: ignore[index]
     for _ in (1, 2):
         for batch in torch.tensor(list(WeightedRandomSampler(chances, 40))).split(16):
             optimizer.zero_grad()
             torch.nn.functional.cross_entropy(reference(x[batch]), y[batch]).backward()
             optimizer.step()
-    for name, tensor in reference.state_dict().items():
-        torch.testing.assert_close(model.state_dict()[name], tensor, rtol=0, atol=1e-6, msg=name)
+    assert_same_weights(model, reference, atol=1e-6)
     # What it is for: class 1 is 1% of the windows; balanced sampling makes it a fifth of an epoch, sqrt-balanced
     # its share of the square roots of the counts (count x sqrt(n / (5 x count)) is proportional to sqrt(count)).
     counts = [9_000, 100, 500, 300, 100]
@@ -325,10 +333,7 @@ def test_adversarial_losses_are_their_formulas(objective: str, weighted_half: st
     model = build_model(0)
     train(model, beats, cfg, torch.device("cpu"))
     # Written out: Algorithm 1 (weights on both halves or the clean one), or TRADES with torchattacks' KL-PGD.
-    reference = build_model(0)
-    torch.manual_seed(2)
-    optimizer = torch.optim.Adam(reference.parameters(), lr=3e-3)
-    x, y = torch.from_numpy(beats.x), torch.from_numpy(beats.y)
+    reference, optimizer, x, y = written_out(beats, 2)
     weight = reference_class_weights(beats.y, "sqrt-balanced")
     if objective == "trades":
         attack = torchattacks.TPGD(reference, eps=pgd_cfg.eps, alpha=pgd_cfg.alpha, steps=2)
@@ -349,8 +354,7 @@ def test_adversarial_losses_are_their_formulas(objective: str, weighted_half: st
             loss = cross_entropy(both, torch.cat([y[batch], y[batch]]), weight=weight)
         loss.backward()
         optimizer.step()
-    for name, tensor in reference.state_dict().items():
-        torch.testing.assert_close(model.state_dict()[name], tensor, rtol=0, atol=1e-5, msg=name)
+    assert_same_weights(model, reference, atol=1e-5)
 
 
 @pytest.mark.parametrize(
