@@ -4,7 +4,8 @@
 # Each run is the paper's protocol through the real federation (`ecg-fat federate`, every default), with its run
 # seed (initial weights, node sampling, per-node training seeds, attacks' random starts: all follow the seed and the
 # partition ids, so a seed is one reproducible run) and AutoAttack + PGD-100 on 1,000 stratified test windows after
-# the last round. The data split stays the default (--data-seed 42). A run whose summary.txt exists is skipped.
+# the last round. The data split stays the default (--data-seed 42). A run whose summary.txt exists is skipped;
+# one stopped part-way is resumed.
 # Then the report: every cell mean +- sample sd over the seeds, beside the paper's four tables:
 #   ecg-fat report OUT/baseline OUT/fat --out OUT/report
 # Time: about 1 h 7 min (FAT) and 28 min (baseline) per seed on the 2-core AVX-512 machine of RUNS.md, about three
@@ -24,6 +25,8 @@ for seed in "$@"; do
         results="$out/$arm/seed-$seed"
         [ -f "$results/summary.txt" ] && continue
         flags=(--seed "$seed" --standard-windows 1000 --results "$results")
+        # A run stopped part-way continues from its last checkpoint (node sampling and seeds follow the round number).
+        [ -d "$results/checkpoints" ] && flags+=(--resume)
         [ "$arm" = baseline ] && flags+=(--no-adversarial)
         /usr/bin/time -v ecg-fat federate --mitdb ../shared/data/mitdb --workdir "$out/work" "${flags[@]}" \
             "${extra[@]}" 2>"$out/$arm-seed-$seed.log"
