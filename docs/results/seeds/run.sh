@@ -29,7 +29,7 @@ for seed in "$@"; do
         [ -d "$results/checkpoints" ] && flags+=(--resume)
         [ "$arm" = baseline ] && flags+=(--no-adversarial)
         /usr/bin/time -v ecg-fat federate --mitdb ../shared/data/mitdb --workdir "$out/work" "${flags[@]}" \
-            "${extra[@]}" 2>"$out/$arm-seed-$seed.log"
+            "${extra[@]}" 2>>"$out/$arm-seed-$seed.log"  # appended: a resumed run keeps both parts
     done
 done
 reports=()
