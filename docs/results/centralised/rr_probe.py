@@ -88,7 +88,12 @@ def main() -> None:
     parser.add_argument("--mitdb", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--arms", nargs="+", default=["window", "window-rr", "window-rr-sqrt-balanced"])
+    parser.add_argument(
+        "--arms",
+        nargs="+",
+        default=["window", "window-rr", "window-rr-sqrt-balanced"],
+        help="window or window-rr, then -sqrt-balanced (class weights) or -sampling (sqrt-balanced sampling)",
+    )
     parser.add_argument("--fat", action="store_true", help="Algorithm 1 (PGD-20 8/255), scored clean and under PGD")
     parser.add_argument("--max-train-windows", type=int, default=0, help="a random subset of DS1 (0: all)")
     parser.add_argument("--max-test-windows", type=int, default=0, help="a random subset of DS2 (0: all)")
@@ -99,11 +104,12 @@ def main() -> None:
     for arm in args.arms:
         with_rr = "rr" in arm
         weights = "sqrt-balanced" if arm.endswith("sqrt-balanced") else "none"
+        sampling = "sqrt-balanced" if arm.endswith("sampling") else "shuffle"
         train_set = load(args.mitdb, DS1_RECORDS, with_rr).subsample(args.max_train_windows, args.seed)
         test = load(args.mitdb, DS2_RECORDS, with_rr).subsample(args.max_test_windows, 0)  # the same for every arm
         torch.manual_seed(args.seed)
         model = RrCnn() if with_rr else EcgCnn()
-        cfg = TrainConfig(adversarial=args.fat, class_weights=weights, seed=args.seed)
+        cfg = TrainConfig(adversarial=args.fat, class_weights=weights, sampling=sampling, seed=args.seed)
         start = time.perf_counter()
         train(model, train_set, cfg, torch.device("cpu"))
         trained = time.perf_counter() - start
