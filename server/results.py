@@ -65,11 +65,26 @@ class Results:
                 for suffix in (".csv", ".jsonl"):
                     (self.dir / f"{stale}{suffix}").unlink(missing_ok=True)
         else:
+            self._refuse_other_settings(cfg)
             self._truncate("metrics", METRIC_FIELDS, last)
             self._truncate("clients", CLIENT_FIELDS, last)
         config = json.dumps(cfg.model_dump(mode="json", by_alias=True), indent=2).encode()
         write_atomically(self.dir / "config.json", lambda f: f.write(config))
         return -1 if last is None else last
+
+    def _refuse_other_settings(self, cfg: FederationConfig) -> None:
+        """A resumed run must be the run it continues: other settings would mix two runs in one results table."""
+        stored_file = self.dir / "config.json"
+        if not stored_file.is_file():
+            return
+        stored = FederationConfig.model_validate(json.loads(stored_file.read_text())).to_run_config()
+        wanted = cfg.to_run_config()
+        changed = sorted(key for key in stored if key != "resume" and stored[key] != wanted[key])
+        if changed:
+            raise ResultsError(
+                f"results-dir {self.dir} holds a run with other settings ({', '.join(changed)} differ from its "
+                "config.json); resume it with the same settings, or choose another directory"
+            )
 
     def last_complete_round(self) -> int | None:
         rounds = [int(m.group(1)) for p in self.checkpoints.glob("round_*.pt") if (m := _CHECKPOINT.search(p.name))]

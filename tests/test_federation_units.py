@@ -112,6 +112,11 @@ def test_results_refuse_to_overwrite_a_run_unless_resuming(tmp_path: Path) -> No
     with pytest.raises(ResultsError, match="resume=true"):
         results.start(FederationConfig())
     assert results.start(FederationConfig(resume=True)) == 0
+    # Resuming with other settings would mix two runs in one table: refused, naming what differs, nothing lost.
+    rows = (results.dir / "metrics.csv").read_text()
+    with pytest.raises(ResultsError, match=r"other settings \(seed, train\.epochs differ"):
+        results.start(FederationConfig(resume=True, seed=1, train={"epochs": 2}))
+    assert (results.dir / "metrics.csv").read_text() == rows and results.start(FederationConfig(resume=True)) == 0
 
 
 def test_resume_drops_rows_of_an_unfinished_round(tmp_path: Path) -> None:
