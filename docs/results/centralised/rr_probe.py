@@ -74,13 +74,12 @@ class RrCnn(EcgCnn):
         return self.classifier(torch.cat([self.features(window).flatten(1), rhythm], dim=1))
 
 
-def load(mitdb: Path, records: tuple[str, ...], with_rr: bool) -> Beats:
-    parts = []
-    for name in records:
-        beats, features = read_with_rr(mitdb / name)
-        x = np.concatenate([beats.x, features[:, None, :]], axis=2) if with_rr else beats.x
-        parts.append(Beats(x, beats.y, beats.record))
-    return Beats.concat(parts)
+def load(mitdb: Path, records: tuple[str, ...]) -> tuple[Beats, Beats]:
+    """The records' windows alone, and with their RR features appended (read once for every arm)."""
+    parts = [read_with_rr(mitdb / name) for name in records]
+    window = Beats.concat([beats for beats, _ in parts])
+    rr = np.concatenate([features for _, features in parts])
+    return window, Beats(np.concatenate([window.x, rr[:, None, :]], axis=2), window.y, window.record)
 
 
 def main() -> None:
@@ -101,12 +100,13 @@ def main() -> None:
     tune_allocator()
     args.out.mkdir(parents=True, exist_ok=True)
     conditions = ("clean", "pgd") if args.fat else ("clean",)
+    training, testing = load(args.mitdb, DS1_RECORDS), load(args.mitdb, DS2_RECORDS)
     for arm in args.arms:
         with_rr = "rr" in arm
         weights = "sqrt-balanced" if arm.endswith("sqrt-balanced") else "none"
         sampling = "sqrt-balanced" if arm.endswith("sampling") else "shuffle"
-        train_set = load(args.mitdb, DS1_RECORDS, with_rr).subsample(args.max_train_windows, args.seed)
-        test = load(args.mitdb, DS2_RECORDS, with_rr).subsample(args.max_test_windows, 0)  # the same for every arm
+        train_set = training[with_rr].subsample(args.max_train_windows, args.seed)
+        test = testing[with_rr].subsample(args.max_test_windows, 0)  # the same windows for every arm
         torch.manual_seed(args.seed)
         model = RrCnn() if with_rr else EcgCnn()
         cfg = TrainConfig(adversarial=args.fat, class_weights=weights, sampling=sampling, seed=args.seed)
