@@ -354,7 +354,10 @@ def test_adversarial_losses_are_their_formulas(objective: str, weighted_half: st
             loss = cross_entropy(both, torch.cat([y[batch], y[batch]]), weight=weight)
         loss.backward()
         optimizer.step()
-    assert_same_weights(model, reference, atol=1e-5)
+    # Adam divides each gradient by its own running scale, so a weight whose gradient is near zero turns rounding
+    # noise into up to lr per step: on a Zen 4 CPU two weights of 24,576 differ by 1.2e-5 here. 5e-5 stays well
+    # under what a wrong loss moves (TRADES' beta 1 instead of 3: 3e-4; other class weights: 1e-2).
+    assert_same_weights(model, reference, atol=5e-5)
 
 
 @pytest.mark.parametrize(
