@@ -77,7 +77,12 @@ class Results:
         stored_file = self.dir / "config.json"
         if not stored_file.is_file():
             return
-        stored = FederationConfig.model_validate(json.loads(stored_file.read_text())).to_run_config()
+        try:
+            stored = FederationConfig.model_validate_json(stored_file.read_bytes()).to_run_config()
+        except ValueError as error:  # pydantic's ValidationError is one, for bad JSON too
+            raise ResultsError(
+                f"{stored_file}: not a run config ({error.__class__.__name__}); choose another directory"
+            ) from error
         wanted = cfg.to_run_config()
         changed = sorted(key for key in stored if key != "resume" and stored[key] != wanted[key])
         if changed:

@@ -117,6 +117,11 @@ def test_results_refuse_to_overwrite_a_run_unless_resuming(tmp_path: Path) -> No
     with pytest.raises(ResultsError, match=r"other settings \(seed, train\.epochs differ"):
         results.start(FederationConfig(resume=True, seed=1, train={"epochs": 2}))
     assert (results.dir / "metrics.csv").read_text() == rows and results.start(FederationConfig(resume=True)) == 0
+    # A damaged config.json is one line naming it, and the rows stay.
+    (results.dir / "config.json").write_text("{not json")
+    with pytest.raises(ResultsError, match=r"config\.json: not a run config"):
+        results.start(FederationConfig(resume=True))
+    assert (results.dir / "metrics.csv").read_text() == rows
 
 
 def test_resume_drops_rows_of_an_unfinished_round(tmp_path: Path) -> None:
