@@ -9,8 +9,8 @@
 # Then the report: every cell mean +- sample sd over the seeds, beside the paper's four tables:
 #   ecg-fat report OUT/baseline OUT/fat --out OUT/report
 # Time per seed on 2 cores (measured): FAT 1 h 48 min on a Zen 4 EPYC (AutoAttack's 250 s included; seeds/README.md),
-# 1 h 7 min on the AVX-512 machine of paper-iid/RUNS.md (no standard attacks); baseline 1 h 35 min on an AVX2
-# EPYC, 28 min on the AVX-512 one (no standard attacks).
+# 1 h 7 min on the AVX-512 machine of paper-iid/RUNS.md (no standard attacks); baseline 38-41 min on the Zen 4,
+# 1 h 35 min on an AVX2 EPYC, 28 min on the AVX-512 one (no standard attacks).
 # A trial of the whole pipeline in minutes: FLAGS="--rounds 1 --local-epochs 1 --max-train-windows 100
 # --max-test-windows 200 --standard-windows 20" bash docs/results/seeds/run.sh /tmp/trial 0 1 (FLAGS come last).
 # ARMS="baseline" runs one arm only (default: both); the report shows the arms that have runs.
