@@ -11,8 +11,10 @@
 # nodes, 5 per round, 10 rounds, 5 local epochs, run seed 0), with AutoAttack and PGD-100 on 1,000 stratified
 # test windows after the last round. A run whose summary.txt exists is skipped; one stopped part-way is resumed.
 # Then one report per split: ecg-fat report OUT/SPLIT/baseline OUT/SPLIT/fat --out OUT/SPLIT/report
-# Time per run on 2 cores of a Zen 4 EPYC (measured, docs/results/seeds/): the baseline about 40 min, FAT
-# 1 h 48 min on the paper's split; inter-patient trains on fewer windows (DS1: 51,010 of 87,574).
+# Time per run on 2 cores of a Zen 4 EPYC (measured): the baseline 44 min on non-iid (README.md here), FAT
+# 1 h 48 min on the paper's IID split (docs/results/seeds/). Inter-patient trains on fewer windows (DS1:
+# 51,010 against 87,574) but tests on more (DS2: 49,698 against 21,894), and the paper's five conditions
+# on the full test set after every round are most of a baseline's time: expect about twice as long.
 # ARMS="baseline" runs one arm only (default: both); FLAGS="..." are appended to every `ecg-fat federate`.
 set -euo pipefail
 out=${1:?usage: run.sh OUT [SPLIT...]}
