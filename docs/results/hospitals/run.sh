@@ -22,12 +22,12 @@ shift
 [ $# -gt 0 ] || set -- non-iid inter-patient
 read -r -a extra <<<"${FLAGS:-}"
 read -r -a arms <<<"${ARMS:-baseline fat}"
+for split in "$@"; do  # every name checked before the first hour-long run
+    case $split in non-iid | inter-patient) ;; *) echo "run.sh: unknown split '$split' (non-iid or inter-patient)" >&2; exit 2 ;; esac
+done
 for split in "$@"; do
-    case $split in
-        non-iid) data=(--partition patient) ;;
-        inter-patient) data=(--split inter-patient --partition patient) ;;
-        *) echo "run.sh: unknown split '$split' (non-iid or inter-patient)" >&2; exit 2 ;;
-    esac
+    data=(--partition patient)
+    [ "$split" = inter-patient ] && data+=(--split inter-patient)
     mkdir -p "$out/$split"
     for arm in "${arms[@]}"; do
         results="$out/$split/$arm"
@@ -42,5 +42,5 @@ for split in "$@"; do
     done
     reports=()
     for arm in baseline fat; do [ -f "$out/$split/$arm/summary.txt" ] && reports+=("$out/$split/$arm"); done
-    ecg-fat report "${reports[@]}" --out "$out/$split/report"
+    if [ ${#reports[@]} -gt 0 ]; then ecg-fat report "${reports[@]}" --out "$out/$split/report"; fi
 done
