@@ -20,8 +20,8 @@ set -euo pipefail
 out=${1:?usage: run.sh OUT [SPLIT...]}
 shift
 [ $# -gt 0 ] || set -- non-iid inter-patient
-read -r -a extra <<<"${FLAGS:-}"
 read -r -a arms <<<"${ARMS:-baseline fat}"
+. "$(dirname "$0")/../federate_arm.sh"
 for split in "$@"; do  # every name checked before the first hour-long run
     case $split in non-iid | inter-patient) ;; *) echo "run.sh: unknown split '$split' (non-iid or inter-patient)" >&2; exit 2 ;; esac
 done
@@ -30,15 +30,8 @@ for split in "$@"; do
     [ "$split" = inter-patient ] && data+=(--split inter-patient)
     mkdir -p "$out/$split"
     for arm in "${arms[@]}"; do
-        results="$out/$split/$arm"
-        [ -f "$results/summary.txt" ] && continue
-        flags=(--seed 0 --standard-windows 1000 --results "$results" "${data[@]}")
-        # A run stopped part-way continues from its last checkpoint (node sampling and seeds follow the round number).
-        [ -d "$results/checkpoints" ] && flags+=(--resume)
-        [ "$arm" = baseline ] && flags+=(--no-adversarial)
         # One workdir per split: its prepared data are reused by the other arm.
-        /usr/bin/time -v ecg-fat federate --mitdb ../shared/data/mitdb --workdir "$out/work-$split" "${flags[@]}" \
-            "${extra[@]}" 2>>"$out/$split/$arm.log"  # appended: a resumed run keeps both parts
+        federate_arm "$arm" "$out/$split/$arm" "$out/work-$split" "$out/$split/$arm.log" --seed 0 "${data[@]}"
     done
     reports=()
     for arm in baseline fat; do [ -f "$out/$split/$arm/summary.txt" ] && reports+=("$out/$split/$arm"); done

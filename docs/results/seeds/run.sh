@@ -18,19 +18,12 @@ set -euo pipefail
 out=${1:?usage: run.sh OUT [SEED...]}
 shift
 [ $# -gt 0 ] || set -- 0 1 2
-read -r -a extra <<<"${FLAGS:-}"
 read -r -a arms <<<"${ARMS:-baseline fat}"
+. "$(dirname "$0")/../federate_arm.sh"
 mkdir -p "$out"
 for seed in "$@"; do
     for arm in "${arms[@]}"; do
-        results="$out/$arm/seed-$seed"
-        [ -f "$results/summary.txt" ] && continue
-        flags=(--seed "$seed" --standard-windows 1000 --results "$results")
-        # A run stopped part-way continues from its last checkpoint (node sampling and seeds follow the round number).
-        [ -d "$results/checkpoints" ] && flags+=(--resume)
-        [ "$arm" = baseline ] && flags+=(--no-adversarial)
-        /usr/bin/time -v ecg-fat federate --mitdb ../shared/data/mitdb --workdir "$out/work" "${flags[@]}" \
-            "${extra[@]}" 2>>"$out/$arm-seed-$seed.log"  # appended: a resumed run keeps both parts
+        federate_arm "$arm" "$out/$arm/seed-$seed" "$out/work" "$out/$arm-seed-$seed.log" --seed "$seed"
     done
 done
 reports=()
