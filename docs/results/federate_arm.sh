@@ -1,4 +1,4 @@
-# Sourced by the results scripts (seeds/run.sh, hospitals/run.sh): one arm of the paper's protocol through the
+# Sourced by the results scripts (seeds/, hospitals/ and minority/run.sh): one arm of the paper's protocol through the
 # real federation, with AutoAttack and PGD-100 on 1,000 stratified test windows after the last round.
 #   federate_arm ARM RESULTS WORKDIR LOG [FLAG...]      (ARM: baseline or fat; $FLAGS appended last)
 # A run whose summary.txt exists is skipped; one stopped part-way continues from its last checkpoint (node
