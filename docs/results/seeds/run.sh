@@ -8,7 +8,7 @@
 # one stopped part-way is resumed.
 # Then the report: every cell mean +- sample sd over the seeds, beside the paper's four tables:
 #   ecg-fat report OUT/baseline OUT/fat --out OUT/report
-# Time per seed on 2 cores (measured): FAT 1 h 48 min on a Zen 4 EPYC (AutoAttack's 250 s included; seeds/README.md),
+# Time per seed on 2 cores (measured): FAT 1 h 40-48 min on a Zen 4 EPYC (AutoAttack's 250 s included; seeds/README.md),
 # 1 h 7 min on the AVX-512 machine of paper-iid/RUNS.md (no standard attacks); baseline 38-41 min on the Zen 4,
 # 1 h 35 min on an AVX2 EPYC, 28 min on the AVX-512 one (no standard attacks).
 # A trial of the whole pipeline in minutes: FLAGS="--rounds 1 --local-epochs 1 --max-train-windows 100
