@@ -12,10 +12,11 @@
 # test windows after the last round. A run whose summary.txt exists is skipped; one stopped part-way is resumed.
 # Then one report per split: ecg-fat report OUT/SPLIT/baseline OUT/SPLIT/fat --out OUT/SPLIT/report
 # Time per run on 2 cores of a Zen 4 EPYC (measured): the baseline 44 min on non-iid (README.md here), FAT
-# about 1 h 36 min on non-iid (README.md here) and 1 h 40-48 min on the paper's IID split (docs/results/seeds/). Inter-patient trains on fewer windows (DS1:
-# 51,010 against 87,574) but tests on more (DS2: 49,698 against 21,894), and the paper's five conditions
-# on the full test set after every round are most of a baseline's time: they took 4,704 s of the inter-patient
-# baseline (README.md here), so expect about twice as long.
+# about 1 h 36 min on non-iid (README.md here) and 1 h 40-48 min on the paper's IID split
+# (docs/results/seeds/). Inter-patient trains on fewer windows (DS1: 51,010 against 87,574) but tests on
+# more (DS2: 49,698 against 21,894), and the paper's five conditions on the full test set after every round
+# are most of a baseline's time: they took 4,704 s of the inter-patient baseline (README.md here), so expect
+# about twice as long.
 # ARMS="baseline" runs one arm only (default: both); FLAGS="..." are appended to every `ecg-fat federate`.
 set -euo pipefail
 out=${1:?usage: run.sh OUT [SPLIT...]}
