@@ -53,7 +53,7 @@ def evaluate(
     on_condition: Callable[[str, dict], None] | None = None,
 ) -> dict[str, dict]:
     """Metrics per condition (clean and each attack), attacks in fp32 with the parameters frozen."""
-    attacks = build_attacks(model, cfg.attacks)
+    attacks = build_attacks(model.to(device), cfg.attacks)
     chosen = {c: None if c == "clean" else attacks[c] for c in cfg.conditions}
     return _score(model, beats, chosen, cfg, device, on_condition)
 
@@ -77,6 +77,7 @@ def evaluate_standard(
     AutoAttack, beside the clean and the paper's PGD-20 results on the same windows. PGD-20 well above
     PGD-100 or AutoAttack is the sign of gradient masking."""
     std = cfg.standard
+    model.to(device)
     attacks = {
         "clean-subset": None,
         "pgd-subset": pgd(model, cfg.attacks.pgd),
@@ -94,8 +95,9 @@ def _score(
     device: torch.device,
     on_condition: Callable[[str, dict], None] | None,
 ) -> dict[str, dict]:
-    """Metrics per condition: the model's predictions on the windows, each attack's applied first (None: clean)."""
-    model.to(device).eval()
+    """Metrics per condition: the model's predictions on the windows, each attack's applied first (None: clean).
+    The model is already on `device`: torchattacks fixes an attack's device from the model's when it is built."""
+    model.eval()
     x, y = to_tensors(beats, device)
     results: dict[str, dict] = {}
     for condition, attack in attacks.items():

@@ -8,11 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torchattacks
 
 from common.attacks import build_attacks, perturb
-from common.config import AttackSuite, EvalConfig, PgdConfig, PrepareConfig, TrainConfig
+from common.config import AttackSuite, EvalConfig, PgdConfig, PrepareConfig, StandardAttackConfig, TrainConfig
 from common.data import Beats, load_beats, prepare, save_beats
-from common.metrics import classification_metrics, evaluate
+from common.metrics import classification_metrics, evaluate, evaluate_standard
 from common.model import EcgCnn, PairMaxPool, build_model
 from common.train import train
 from ecg_fat.cli import main
@@ -146,6 +147,45 @@ def test_evaluate_gives_every_condition_and_clean_equals_plain_forward() -> None
         expected = (model(torch.from_numpy(beats.x)).argmax(1).numpy() == beats.y).mean()
     assert results["clean"]["accuracy"] == pytest.approx(expected)
     assert evaluate(model, beats, cfg, torch.device("cpu"))["pgd"]["accuracy"] == results["pgd"]["accuracy"]
+
+
+class _AttackBuilt(Exception):
+    pass
+
+
+@pytest.mark.parametrize("evaluation", [evaluate, evaluate_standard])
+def test_attacks_are_built_from_the_model_on_the_evaluation_device(evaluation, monkeypatch: pytest.MonkeyPatch) -> None:
+    """torchattacks takes an attack's device from the model's parameters when the attack is built: attacks built
+    before the model moved sent CPU windows to CUDA weights, and the ServerApp failed at its first attack on an
+    H100 (docs/results/gpu). Checked here without a GPU: the model has moved before the first attack is built."""
+    moved = []
+
+    class Recorded(EcgCnn):
+        def to(self, *args, **kwargs):
+            moved.append(True)
+            return super().to(*args, **kwargs)
+
+    def built(self, name, model) -> None:
+        raise _AttackBuilt(bool(moved))
+
+    monkeypatch.setattr(torchattacks.attack.Attack, "__init__", built)
+    with pytest.raises(_AttackBuilt) as first_attack:
+        evaluation(Recorded(), synthetic_beats(8), EvalConfig(), torch.device("cpu"))
+    assert first_attack.value.args == (True,)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device (docs/results/gpu/run.sh runs this on a GPU)")
+def test_a_cpu_model_trains_and_is_evaluated_under_every_attack_on_cuda() -> None:
+    cuda, model, beats = torch.device("cuda"), build_model(0), synthetic_beats(64)
+    train(model, beats, TrainConfig(epochs=1, batch_size=32, pgd={"steps": 2}), cuda)
+    model.cpu()  # the server loads each round's weights into a model on the CPU
+    cfg = EvalConfig(batch_size=32, attacks=AttackSuite(pgd={"steps": 2}, cw={"steps": 2}, bim={"steps": 2}))
+    assert list(evaluate(model, beats, cfg, cuda)) == ["clean", "pgd", "fgsm", "cw", "bim"]
+    model.cpu()
+    autoattack = {"apgd_steps": 2, "apgd_t_steps": 2, "fab_steps": 2, "square_queries": 10}
+    small = {"windows": 16, "pgd": {"steps": 2}, "pgd_restarts": 2, "autoattack": autoattack}
+    standard = evaluate_standard(model, beats, cfg.model_copy(update={"standard": StandardAttackConfig(**small)}), cuda)
+    assert "autoattack" in standard
 
 
 def test_train_local_cli_end_to_end(record_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
