@@ -15,8 +15,8 @@
 # about 1 h 36 min on non-iid (README.md here) and 1 h 40-48 min on the paper's IID split
 # (docs/results/seeds/). Inter-patient trains on fewer windows (DS1: 51,010 against 87,574) but tests on
 # more (DS2: 49,698 against 21,894), and the paper's five conditions on the full test set after every round
-# are most of a baseline's time: they took 4,704 s of the inter-patient baseline (README.md here), so expect
-# about twice as long.
+# are most of a baseline's time: they took 4,704 s of the inter-patient baseline (README.md here). FAT on
+# inter-patient took about 2 h (in three launches; the five conditions 4,429 s of it).
 # ARMS="baseline" runs one arm only (default: both); FLAGS="..." are appended to every `ecg-fat federate`.
 set -euo pipefail
 out=${1:?usage: run.sh OUT [SPLIT...]}
