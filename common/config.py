@@ -218,8 +218,8 @@ class StandardAttackConfig(_Settings):
     """The field's standard attacks beside the paper's: AutoAttack and PGD-100 with restarts, on a fixed,
     stratified subset of the test set, with the clean and PGD-20 results on the same windows for comparison."""
 
-    # Off by default: on 2 CPU cores AutoAttack on 1,000 windows of a robust model takes tens of minutes (a GPU:
-    # seconds), too long for the small runs of a first look; the protocol runs name 1000.
+    # Off by default: on 2 CPU cores AutoAttack on 1,000 windows of a robust model took 4-5 minutes in the
+    # committed runs, longer than the small runs of a first look; the protocol runs name 1000.
     windows: int = Field(
         0, ge=0, description="stratified test subset for AutoAttack and PGD-100 (0: leave them out; 1000 usual)"
     )
