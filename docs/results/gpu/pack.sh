@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# What the GPU machine lacks, packed into .gpu/ (git-ignored; the device tool carries it), from the repository root:
+# What the GPU machine lacks, packed into .gpu/ (git-ignored; the device tool carries it), from the repository root
+# with the project's environment active (`. .venv/bin/activate`; one_lead.py imports the project):
 #   bash docs/results/gpu/pack.sh [MITDB]            (default ../shared/data/mitdb)
 # The machine has Python 3.12, CUDA torch, numpy, scipy, scikit-learn and pandas, but no registry: the wheels of
 # flwr, torchattacks, wfdb, pydantic and what they need that it lacks (versions as in this project's CI install).
