@@ -269,6 +269,14 @@ class TrainConfig(_Settings):
         "as many drawn with replacement, each class equally likely; sqrt-balanced = each window's chance "
         "proportional to the square root of its class's balanced weight",
     )
+    # Beyond the paper (off by default): FedProx (Li et al., 2020) against the client drift measured on hospitals
+    # that hold whole records (docs/results/hospitals).
+    proximal_mu: float = Field(
+        0.0,
+        ge=0.0,
+        description="FedProx: mu / 2 x the squared distance of the local weights from the round's global model, "
+        "added to every batch's loss (0: off, the paper's local training)",
+    )
     seed: int = 0
 
     @model_validator(mode="after")

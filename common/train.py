@@ -85,6 +85,11 @@ def epoch_order(labels: torch.Tensor, how: str) -> torch.Tensor:
     return torch.tensor(list(WeightedRandomSampler(chances, len(labels))), device=labels.device)
 
 
+def proximal_distance(model: nn.Module, anchor: list[torch.Tensor]) -> torch.Tensor:
+    """The squared L2 distance of the model's parameters from `anchor` (FedProx's proximal term, without mu / 2)."""
+    return sum(((p - a) ** 2).sum() for p, a in zip(model.parameters(), anchor, strict=True))  # type: ignore[return-value]
+
+
 def train(
     model: nn.Module,
     beats: Beats,
@@ -99,6 +104,8 @@ def train(
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     weights = class_weights(beats.y, cfg.class_weights)
     attack, loss_fn = make_objective(model, cfg, None if weights is None else weights.to(device))
+    # FedProx's anchor: the weights training starts from (in a federation, the round's global model).
+    start = [p.detach().clone() for p in model.parameters()] if cfg.proximal_mu else []
     history = []
     for epoch in range(1, cfg.epochs + 1):
         started = time.perf_counter()
@@ -111,6 +118,8 @@ def train(
             optimizer.zero_grad(set_to_none=True)
             logits = model(xb)
             loss = loss_fn(logits, yb)
+            if cfg.proximal_mu:
+                loss = loss + cfg.proximal_mu / 2 * proximal_distance(model, start)
             loss.backward()
             optimizer.step()
             seen_labels = yb.repeat(len(logits) // len(yb))  # adversarial: the labels of concat(x, x')

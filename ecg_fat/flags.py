@@ -82,6 +82,7 @@ FEDERATION = [
     _flag("--local-epochs", "train.epochs"),
     _flag("--round-timeout", "round-timeout"),
     _flag("--overlap-evaluation", "overlap-evaluation"),
+    _flag("--proximal-mu", "train.proximal-mu"),
 ]
 DEFENCE = [
     _flag("--aggregation", "defence.aggregation"),

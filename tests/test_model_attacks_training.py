@@ -15,7 +15,7 @@ from common.config import AttackSuite, EvalConfig, PgdConfig, PrepareConfig, Sta
 from common.data import Beats, load_beats, prepare, save_beats
 from common.metrics import classification_metrics, evaluate, evaluate_standard
 from common.model import EcgCnn, PairMaxPool, build_model
-from common.train import train
+from common.train import proximal_distance, train
 from ecg_fat.cli import main
 from tests.conftest import synthetic_beats
 
@@ -329,6 +329,32 @@ def test_epoch_stats_are_the_loss_and_accuracy_the_optimiser_saw(weighting: str)
         assert (stats.epoch, stats.windows, stats.accuracy) == (epoch, 40, correct / 40)
         assert stats.loss == pytest.approx(total / 40, abs=1e-6) and 0 < stats.seconds < 60
     assert_same_weights(model, reference, atol=1e-6)
+
+
+def test_fedprox_adds_mu_half_the_squared_distance_from_the_starting_weights() -> None:
+    """FedProx (Li et al., 2020), written out: the loss of every batch plus mu / 2 x the squared L2 distance of
+    the weights from those training started from (a node's copy of the round's global model)."""
+    beats, mu = synthetic_beats(40), 0.5
+    cfg = TrainConfig(epochs=2, batch_size=16, lr=3e-3, adversarial=False, seed=5, proximal_mu=mu)
+    model = build_model(0)
+    history = train(model, beats, cfg, torch.device("cpu"))
+    reference, optimizer, x, y = written_out(beats, 5)
+    anchor = [p.detach().clone() for p in reference.parameters()]
+    for epoch in (1, 2):
+        total = 0.0
+        for batch in torch.randperm(40).split(16):
+            optimizer.zero_grad()
+            distance = sum(((p - a) ** 2).sum() for p, a in zip(reference.parameters(), anchor, strict=True))
+            loss = torch.nn.functional.cross_entropy(reference(x[batch]), y[batch]) + mu / 2 * distance
+            loss.backward()
+            optimizer.step()
+            total += loss.item() * len(batch)
+        assert history[epoch - 1].loss == pytest.approx(total / 40, abs=1e-6)
+    assert_same_weights(model, reference, atol=1e-6)
+    plain = build_model(0)
+    train(plain, beats, cfg.model_copy(update={"proximal_mu": 0.0}), torch.device("cpu"))
+    start = list(build_model(0).parameters())
+    assert proximal_distance(model, start) < proximal_distance(plain, start)  # the term pulls toward the start
 
 
 @pytest.mark.parametrize("sampling", ["balanced", "sqrt-balanced"])
