@@ -86,7 +86,8 @@ def epoch_order(labels: torch.Tensor, how: str) -> torch.Tensor:
 
 
 def proximal_distance(model: nn.Module, anchor: list[torch.Tensor]) -> torch.Tensor:
-    """The squared L2 distance of the model's parameters from `anchor` (FedProx's proximal term, without mu / 2)."""
+    """The squared L2 distance of the model's parameters from `anchor`: FedProx's proximal term without mu / 2,
+    squared as in Li et al. (2020) (the example in Flower's FedProx docstring adds plain norms)."""
     return sum(((p - a) ** 2).sum() for p, a in zip(model.parameters(), anchor, strict=True))  # type: ignore[return-value]
 
 
