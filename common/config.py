@@ -86,9 +86,15 @@ def _kebab(field: str) -> str:
 
 
 class _Settings(BaseModel):
-    # Python code uses field names; Flower's run and node configs use the kebab-case aliases.
+    # Python code uses field names; Flower's run and node configs use the kebab-case aliases. No setting has a
+    # meaning at infinity or NaN (--proximal-mu inf would turn every weight into NaN), so both are refused.
     model_config = ConfigDict(
-        extra="forbid", frozen=True, alias_generator=_kebab, validate_by_name=True, validate_by_alias=True
+        extra="forbid",
+        frozen=True,
+        alias_generator=_kebab,
+        validate_by_name=True,
+        validate_by_alias=True,
+        allow_inf_nan=False,
     )
 
     @classmethod

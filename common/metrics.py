@@ -53,7 +53,8 @@ def evaluate(
     on_condition: Callable[[str, dict], None] | None = None,
 ) -> dict[str, dict]:
     """Metrics per condition (clean and each attack), attacks in fp32 with the parameters frozen."""
-    attacks = build_attacks(model.to(device), cfg.attacks)
+    model.to(device)  # first: torchattacks takes an attack's device from the model's parameters when building it
+    attacks = build_attacks(model, cfg.attacks)
     chosen = {c: None if c == "clean" else attacks[c] for c in cfg.conditions}
     return _score(model, beats, chosen, cfg, device, on_condition)
 
@@ -77,7 +78,7 @@ def evaluate_standard(
     AutoAttack, beside the clean and the paper's PGD-20 results on the same windows. PGD-20 well above
     PGD-100 or AutoAttack is the sign of gradient masking."""
     std = cfg.standard
-    model.to(device)
+    model.to(device)  # before the attacks are built, as in `evaluate`
     attacks = {
         "clean-subset": None,
         "pgd-subset": pgd(model, cfg.attacks.pgd),

@@ -246,6 +246,13 @@ def test_every_bad_key_is_named_in_one_message() -> None:
         FederationConfig.from_run_config({"num-rounds": 0, "train.lr": -1.0})
 
 
+@pytest.mark.parametrize("value", [float("inf"), float("nan")])
+def test_a_non_finite_setting_is_refused(value: float) -> None:
+    """`ge=0` lets infinity through, and an infinite FedProx weight would turn every weight into NaN."""
+    with pytest.raises(ConfigError, match=r"run config key 'train\.proximal-mu': Input should be a finite number"):
+        FederationConfig.from_run_config({"train.proximal-mu": value})
+
+
 def test_a_zombie_counts_as_stopped_and_a_running_process_does_not() -> None:
     """Flower's SuperExec leaves finished ClientApps as zombies; a stop that waited for them waited its whole
     grace period for every SuperNode (a 10-node federation took about a minute to stop)."""

@@ -236,6 +236,9 @@ def test_train_local_bad_flag(record_dir: Path, tmp_path: Path, capsys: pytest.C
     assert "--epochs" in capsys.readouterr().err
     assert main(["train-local", "--data", str(tmp_path), "--pgd-eps", "-1"]) == 2
     assert "--pgd-eps" in capsys.readouterr().err
+    for flag, value in (("--lr", "inf"), ("--trades-beta", "nan")):  # no bound catches these
+        assert main(["train-local", "--data", str(tmp_path), flag, value]) == 2
+        assert flag in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_:  # a choice argparse knows: its own one line, exit 2
         main(["train-local", "--data", str(tmp_path), "--sampling", "uniform"])
     assert exit_.value.code == 2 and "argument --sampling: invalid choice: 'uniform'" in capsys.readouterr().err
