@@ -30,7 +30,7 @@ from common.data import (
     up_to_date,
 )
 from common.metrics import evaluate, evaluate_standard, format_table
-from common.model import EcgCnn, build_model, pick_device
+from common.model import build_model, pick_device
 from common.runtime import tune_allocator
 from common.train import EpochStats, train
 from ecg_fat import flags
@@ -42,6 +42,7 @@ from ecg_fat.launcher import APP_DIR, ControlClient, LauncherError, app_bundle_s
 from ecg_fat.predict import (
     EXPORT_MODEL,
     EXPORT_SETTINGS,
+    EXPORT_WEIGHTS,
     Classifier,
     ModelError,
     export_settings,
@@ -379,7 +380,9 @@ def add_evaluate(commands: argparse._SubParsersAction) -> None:
         "--standard-windows, AutoAttack and PGD-100 with restarts), with any attack setting or evaluation batch "
         "size: how a result depends on them, without training again.",
     )
-    parser.add_argument("--model", type=local_path, required=True, metavar="FILE", help="weights (.pt, a state dict)")
+    parser.add_argument(
+        "--model", type=local_path, required=True, metavar="FILE", help="weights (.pt, a state dict) or an export"
+    )
     parser.add_argument(
         "--test", type=local_path, required=True, metavar="FILE", help="test set, e.g. WORKDIR/data/test.npz"
     )
@@ -390,25 +393,19 @@ def add_evaluate(commands: argparse._SubParsersAction) -> None:
     parser.set_defaults(run=run_evaluate, evaluate_flags=evaluate_flags)
 
 
-def load_classifier(path: Path) -> Classifier:
+def load_classifier(path: Path) -> tuple[Classifier, dict]:
+    """The weights and, for an export, the preprocessing it records; a bad file is one line naming it."""
     try:
-        return Classifier(path)
+        return Classifier(path), export_settings(path)
     except ModelError as error:
         raise UsageError(f"--model {error}") from error
-
-
-def load_weights(path: Path) -> EcgCnn:
-    classifier = load_classifier(path)
-    if classifier.exported:
-        raise UsageError(f"--model {path}: an export; evaluate takes the weights it was made from")
-    return classifier.module
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
     run = flags.from_args(FederationConfig, args, args.evaluate_flags)
     cfg = run.evaluate
     require_json_dir(args.json)
-    model = load_weights(args.model)
+    model = load_classifier(args.model)[0].module
     test = load_beats(args.test).subsample(run.max_test_windows, run.seed)
     log.info("weights %s, test set %s", args.model, args.test)
     results = evaluate_and_print(model, test, cfg)
@@ -476,7 +473,7 @@ def add_predict(commands: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--model", type=local_path, required=True, metavar="FILE",
-        help="weights (a run's final_model.pt) or an `ecg-fat export` directory",
+        help="weights (a run's final_model.pt) or an `ecg-fat export` directory (its weights.pt and lead)",
     )  # fmt: skip
     parser.add_argument(
         "--record", type=local_path, required=True, metavar="PATH",
@@ -488,8 +485,8 @@ def add_predict(commands: argparse._SubParsersAction) -> None:
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    classifier = load_classifier(args.model)
-    given = args.lead if args.lead is not None else export_settings(args.model).get("lead")
+    classifier, settings = load_classifier(args.model)
+    given = args.lead if args.lead is not None else settings.get("lead")
     lead = PrepareConfig(**({"lead": given} if given is not None else {})).lead  # validated; unset: auto
     if args.out and not args.out.parent.is_dir():
         raise UsageError(f"--out: directory {args.out.parent} does not exist")
@@ -510,10 +507,12 @@ def add_export(commands: argparse._SubParsersAction) -> None:
         "export",
         help="the model as one torch.export program that scales raw windows itself, with settings and provenance",
         description="Write OUT/model.pt2, a torch.export program that takes raw beat windows (n, 1, 180) and "
-        "returns class logits (it min-max scales each window itself, as training did), and OUT/settings.json: "
-        "the preprocessing (sampling rate, window, scaling, lead), the classes and the run's provenance "
-        "(config, metrics at the last round, code version) when the weights lie in a results directory. "
-        "`ecg-fat predict --model OUT` uses it; so can any program with torch (torch.export.load).",
+        "returns class logits (it min-max scales each window itself, as training did), OUT/weights.pt (a copy "
+        "of --model) and OUT/settings.json: the preprocessing (sampling rate, window, scaling, lead), the "
+        "classes and the run's provenance (config, metrics at the last round, the weights' sha256, code version) "
+        "when the weights lie in a results directory. Any program with torch runs model.pt2 "
+        "(torch.export.load, which unpickles: load only exports you trust); `ecg-fat predict --model OUT` "
+        "reads weights.pt as weights only, so an export from anyone is safe there.",
     )
     parser.add_argument("--model", type=local_path, required=True, metavar="FILE", help="weights (.pt)")
     parser.add_argument("--out", type=local_path, required=True, metavar="DIR", help="output directory")
@@ -527,7 +526,7 @@ def run_export(args: argparse.Namespace) -> int:
         out = export(args.model, args.out, lead, PrepareConfig().window)
     except ModelError as error:
         raise UsageError(f"--model {error}") from error
-    print(f"exported to {out}: {EXPORT_MODEL}, {EXPORT_SETTINGS}")
+    print(f"exported to {out}: {EXPORT_MODEL}, {EXPORT_WEIGHTS}, {EXPORT_SETTINGS}")
     return 0
 
 

@@ -1,9 +1,11 @@
 """`ecg-fat export`: the trained model as one `torch.export` program that takes raw beat windows (it scales
-them itself), with its preprocessing settings and the run's provenance in a JSON file beside it.
+them itself), the weights it was made from, and its preprocessing settings and the run's provenance in a JSON
+file beside them.
 
 The program runs anywhere torch runs (`torch.export.load(path).module()`), with no ECG-FAT code; any batch
 size. (TorchScript, torch.jit, is deprecated in torch 2.13.) Its pooling is nn.MaxPool1d, whose outputs
-equal PairMaxPool's bit for bit (tests/test_model_attacks_training.py).
+equal PairMaxPool's bit for bit (tests/test_model_attacks_training.py). `torch.export.load` unpickles, so
+`ecg-fat predict` reads the weights copy instead (weights only): a received export cannot run code there.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from torch import nn
 from common.config import AAMI_CLASSES, AAMI_MAP, SAMPLING_RATE_HZ, WindowConfig
 from common.data import write_atomically
 from common.model import EcgCnn
-from ecg_fat.predict import EXPORT_MODEL, EXPORT_SETTINGS, Classifier, ModelError
+from ecg_fat.predict import EXPORT_MODEL, EXPORT_SETTINGS, EXPORT_WEIGHTS, Classifier, ModelError
 from server.results import Results
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -76,10 +78,11 @@ def provenance(model_file: Path) -> dict:
 
 
 def export(model_file: Path, out: Path, lead: int | str, window: WindowConfig) -> Path:
-    """Write OUT/model.pt2 (a torch.export program) and OUT/settings.json; returns OUT."""
-    weights = Classifier(model_file)
-    if weights.exported:
+    """Write OUT/model.pt2 (a torch.export program), OUT/weights.pt (model_file's bytes, so provenance's
+    sha256 is its hash) and OUT/settings.json; returns OUT."""
+    if model_file.is_dir():
         raise ModelError(f"{model_file}: an export already; export the weights it was made from")
+    weights = Classifier(model_file)
     model = EcgCnn(window_length=window.length, pool=lambda: nn.MaxPool1d(2))
     model.load_state_dict(weights.module.state_dict())
     example = torch.rand(2, 1, window.length)
@@ -88,6 +91,7 @@ def export(model_file: Path, out: Path, lead: int | str, window: WindowConfig) -
     )
     out.mkdir(parents=True, exist_ok=True)
     write_atomically(out / EXPORT_MODEL, lambda file: torch.export.save(program, file))
+    write_atomically(out / EXPORT_WEIGHTS, lambda file: file.write(model_file.read_bytes()))
     settings = {
         "input": f"raw beat windows shaped (n, 1, {window.length}), float32, in the record's physical units "
         f"(mV), {window.before} samples before the beat and {window.after} from it on, at {SAMPLING_RATE_HZ} Hz",

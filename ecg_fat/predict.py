@@ -37,6 +37,7 @@ from common.model import EcgCnn
 log = logging.getLogger("ecg_fat")
 EXPORT_SETTINGS = "settings.json"
 EXPORT_MODEL = "model.pt2"
+EXPORT_WEIGHTS = "weights.pt"
 
 
 class ModelError(ValueError):
@@ -58,27 +59,30 @@ class RecordBeats:
 
 
 class Classifier:
-    """Probabilities per beat from raw windows: a state dict (scaled here) or an export (scales itself)."""
+    """Probabilities per beat from raw windows (scaled here as for training), with the weights read by
+    `torch.load(weights_only=True)`: a state dict, or the copy of it an export directory holds. An export's
+    model.pt2 is never loaded here: `torch.export.load` unpickles parts of the archive with weights_only=False
+    (its sample inputs, pickled weights or constants), so a crafted .pt2 runs code when loaded."""
 
     def __init__(self, path: Path) -> None:
-        self.path = path
-        if path.is_dir():
-            path = path / EXPORT_MODEL
-        if not path.is_file():
-            raise ModelError(f"{self.path}: no such model file or export directory")
-        self.exported = path.suffix == ".pt2"
+        if path.suffix == ".pt2":
+            raise ModelError(
+                f"{path}: a torch.export program, which torch.export.load unpickles (a crafted one runs code); "
+                f"give its export directory, whose {EXPORT_WEIGHTS} is read as weights only"
+            )
+        file = path / EXPORT_WEIGHTS if path.is_dir() else path
+        if not file.is_file():
+            missing = f"no {EXPORT_WEIGHTS} in this directory" if path.is_dir() else "no such model file or directory"
+            raise ModelError(f"{path}: {missing}")
+        model = EcgCnn()
         try:
-            if self.exported:
-                self.module = torch.export.load(str(path)).module()
-                return
-            model = EcgCnn()
-            model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+            model.load_state_dict(torch.load(file, map_location="cpu", weights_only=True))
         except (RuntimeError, pickle.UnpicklingError, AttributeError, TypeError, ValueError, KeyError) as error:
-            raise ModelError(f"{path}: not weights of this model ({str(error).splitlines()[0]})") from error
+            raise ModelError(f"{file}: not weights of this model ({str(error).splitlines()[0]})") from error
         self.module = model.eval()
 
     def probabilities(self, raw_windows: np.ndarray, batch_size: int = 1024) -> np.ndarray:
-        windows = raw_windows.astype(np.float32) if self.exported else minmax_scale(raw_windows)
+        windows = minmax_scale(raw_windows)
         with torch.inference_mode():
             logits = [
                 self.module(torch.from_numpy(b)) for b in np.array_split(windows, max(1, len(windows) // batch_size))
@@ -87,9 +91,14 @@ class Classifier:
 
 
 def export_settings(path: Path) -> dict:
-    """The settings an export was made with (its lead and window); {} for a state dict."""
+    """The preprocessing an export was made with (its lead and window); {} for a state dict."""
     settings = (path if path.is_dir() else path.parent) / EXPORT_SETTINGS
-    return json.loads(settings.read_text())["preprocessing"] if settings.is_file() else {}
+    if not settings.is_file():
+        return {}
+    try:
+        return dict(json.loads(settings.read_text())["preprocessing"])
+    except (ValueError, KeyError, TypeError) as error:
+        raise ModelError(f"{settings}: not an export's settings ({type(error).__name__}: {error})") from error
 
 
 # ----------------------------------------------------------------------------- records

@@ -83,7 +83,7 @@ def test_without_docker(checkout: Path) -> None:
     assert (checkout / ".ecg-fat" / "certs" / "ca.crt").is_file()  # the default workdir, in the repository root
     rows = (results / "100.csv").read_text().splitlines()  # the model applied to record 100
     assert rows[0].startswith("record,sample,time_s,predicted") and len(rows) == 1 + 2271
-    assert (results / "export" / "model.pt2").is_file() and (results / "export" / "settings.json").is_file()
+    assert all((results / "export" / name).is_file() for name in ("model.pt2", "weights.pt", "settings.json"))
     assert "<table>" in (results / "page" / "report.html").read_text()
 
 
