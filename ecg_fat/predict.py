@@ -38,6 +38,10 @@ log = logging.getLogger("ecg_fat")
 EXPORT_SETTINGS = "settings.json"
 EXPORT_MODEL = "model.pt2"
 EXPORT_WEIGHTS = "weights.pt"
+# Sampling rates a record may have: below 100 Hz a QRS complex (80-100 ms) spans under 10 samples; no ECG
+# recorder goes above 20 kHz; and the bound keeps resampling (an FFT of the whole record) within a few times
+# the record's memory: a header claiming 0.001 Hz asked for 40.8 GiB.
+RECORD_RATES_HZ = (100, 20_000)
 
 
 class ModelError(ValueError):
@@ -110,6 +114,9 @@ def read_beats(record: Path, lead: int | str, window: WindowConfig) -> RecordBea
     if not hea.is_file():
         raise DataError(f"{hea}: no such WFDB record (a .hea header is needed)")
     header = read_header(record)
+    low, high = RECORD_RATES_HZ
+    if not low <= header.fs <= high:
+        raise DataError(f"{hea}: sampling rate {header.fs} Hz, outside the {low}-{high} Hz an ECG is recorded at")
     channel = lead_index(header, lead, hea)
     signal = read_signal(record, header, channel)
     annotated = record.with_suffix(".atr").is_file()

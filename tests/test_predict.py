@@ -157,6 +157,14 @@ def test_bad_input_is_one_line_naming_it(records: Path, weights: Path, tmp_path:
     other = tmp_path / "other.pt"
     torch.save(torch.nn.Linear(3, 2).state_dict(), other)
     cases.append((["--model", str(other), "--record", str(records / "100")], 2, "not weights of this model"))
+    for rate in ("0", "0.001", "1e9"):  # a broken header: a division by zero, or 40.8 GiB for 0.001 Hz
+        broken = tmp_path / f"rate-{rate}"
+        shutil.copytree(records, broken)
+        header = (broken / "100.hea").read_text().split("\n", 1)
+        fields = header[0].split()
+        (broken / "100.hea").write_text(" ".join([*fields[:2], rate, *fields[3:]]) + "\n" + header[1])
+        message = f"{broken / '100.hea'}: sampling rate"
+        cases.append((["--model", str(weights), "--record", str(broken / "100")], 1, message))
     for args, code, message in cases:
         assert main(["predict", *args]) == code, args
         err = capsys.readouterr().err
