@@ -260,6 +260,12 @@ def test_evaluate_cli_scores_saved_weights(tmp_path: Path, capsys: pytest.Captur
     with torch.no_grad():
         expected = (model(torch.from_numpy(beats.x)).argmax(1).numpy() == beats.y).mean()
     assert saved["results"]["clean"]["accuracy"] == pytest.approx(expected)
+    # an export directory scores as the weights it was made from (it is read through its weights.pt)
+    assert main(["export", "--model", str(tmp_path / "m.pt"), "--out", str(tmp_path / "export")]) == 0
+    args = ["evaluate", "--model", str(tmp_path / "export"), "--test", str(tmp_path / "test.npz")]
+    assert main([*args, "--conditions", "clean", "--json", str(tmp_path / "x.json")]) == 0
+    exported = json.loads((tmp_path / "x.json").read_text())["results"]["clean"]
+    assert exported["confusion"] == saved["results"]["clean"]["confusion"]
 
 
 def test_evaluate_cli_names_a_bad_model_file(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
