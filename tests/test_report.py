@@ -176,6 +176,24 @@ def test_the_figure_shows_the_spread_of_the_seeds(tmp_path: Path) -> None:
     assert (abs(pixels - band).sum(-1) < 12).sum() > 2000
 
 
+def test_the_page_of_many_runs_stays_small_enough_to_commit(tmp_path: Path) -> None:
+    """Six arms of 10 rounds, one of 3 seeds (the minority report had 4 and reached 1.05 MB with RGBA figures):
+    the self-contained page, every figure embedded, stays under the 1 MiB a repository file may have here."""
+    dirs = []
+    for arm in range(6):
+        shifted = {c: min(1.0, a - 0.04 * arm) for c, a in FAT.items()}
+        if arm == 0:
+            for seed in range(3):
+                fake_run(tmp_path / "seeds" / f"seed-{seed}", True, shifted, rounds=10, seed=seed)
+            dirs.append(tmp_path / "seeds")
+        else:
+            dirs.append(fake_run(tmp_path / f"arm-{arm}", arm % 2 == 0, shifted, rounds=10, lr=1e-3 * arm))
+    assert main(["report", *map(str, dirs), "--out", str(tmp_path / "rep")]) == 0
+    page = tmp_path / "rep" / "report.html"
+    assert page.read_text().count('src="data:image/png;base64,iVBORw0KGgo') == len(CONDITIONS)
+    assert page.stat().st_size < 1_048_576, page.stat().st_size
+
+
 def test_an_arm_whose_runs_differ_in_more_than_the_seed_is_refused(tmp_path: Path, capsys) -> None:
     arm = tmp_path / "mixed"
     fake_run(arm / "a", True, FAT, seed=0)
