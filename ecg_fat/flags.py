@@ -89,6 +89,7 @@ DEFENCE = [
     _flag("--validate-updates", "defence.validate-updates"),
     _flag("--max-examples", "defence.max-examples"),
     _flag("--norm-factor", "defence.norm-factor"),
+    _flag("--examples-factor", "defence.examples-factor"),
     _flag("--trim-fraction", "defence.trim-fraction"),
     _flag("--assumed-malicious", "defence.assumed-malicious"),
 ]

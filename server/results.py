@@ -34,7 +34,8 @@ METRIC_FIELDS = [
     "seconds",
 ]
 CLIENT_FIELDS = [
-    "round", "node_id", "partition", "status", "num-examples", "train-loss", "train-accuracy", "train-seconds", "error",
+    "round", "node_id", "partition", "status", "num-examples", "counted-examples", "train-loss", "train-accuracy",
+    "train-seconds", "error",
 ]  # fmt: skip
 FINAL_MODEL = "final_model.pt"
 _CHECKPOINT = re.compile(r"round_(\d{3,})\.pt$")

@@ -2,8 +2,9 @@
 before they are aggregated and each sampled node's reply recorded per round.
 
 The additions to Flower's strategy are the checks (server/validation.py: a reply that fails is dropped and
-recorded as `rejected` with its reason; a round without a valid reply keeps the previous model), the
-per-client rows, and a round offset so that a resumed run numbers its rounds on from its checkpoint.
+recorded as `rejected` with its reason; a round without a valid reply keeps the previous model), the cap on
+the num-examples a reply is weighted with (recorded as `counted-examples`), the per-client rows, and a round
+offset so that a resumed run numbers its rounds on from its checkpoint.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from flwr.serverapp.strategy import Bulyan, FedAvg, FedMedian, FedTrimmedAvg, Kr
 
 from common.config import FederationConfig
 from server.results import Results
-from server.validation import check_reply, outsized, update_norm
+from server.validation import check_reply, counted_examples, outsized, update_norm
 
 PARTITION_QUERY_TIMEOUT = 120.0  # seconds for the connected nodes to say their partition id (once per node)
 
@@ -81,13 +82,15 @@ class GuardedStrategy:
         errors = {r.metadata.src_node_id: r.error.reason for r in replies if r.has_error()}
         rejected = self._reject(updates) if self.cfg.defence.validate_updates else {}
         accepted = {node: reply for node, reply in updates.items() if node not in rejected}
+        counted = self._count(real_round, accepted) if self.cfg.defence.validate_updates else {}
         # A node that died answers nothing; the SuperLink's error for it comes from the SuperLink's id.
         unattributed = [reason for node, reason in errors.items() if node not in self.sampled]
         rows = []
         for node in self.sampled:
             row: dict = {"round": real_round, "node_id": node, "partition": self.partitions.get(node)}
             if node in accepted:
-                row |= {"status": "ok", **dict(accepted[node].content["metrics"])}
+                metrics = dict(accepted[node].content["metrics"])
+                row |= {"status": "ok", **metrics, "counted-examples": counted.get(node, metrics.get("num-examples"))}
             elif node in rejected:
                 row |= {"status": "rejected", "error": rejected[node]}
             else:
@@ -102,7 +105,21 @@ class GuardedStrategy:
         )
         if not accepted:  # Flower's strategies then return no arrays: the previous global model stays
             print(f"round {real_round}: no valid update; the global model stays as it was", flush=True)
+        for node, weight in counted.items():  # the weight Flower's strategy reads
+            accepted[node].content["metrics"]["num-examples"] = weight
         return super().aggregate_train(real_round, list(accepted.values()))  # type: ignore[misc]
+
+    def _count(self, real_round: int, accepted: dict[int, Message]) -> dict[int, int]:
+        """The num-examples each validated reply is weighted with (check_reply made every claim an integer)."""
+        claims = {node: reply.content["metrics"]["num-examples"] for node, reply in accepted.items()}
+        counted = counted_examples(claims, self.cfg.defence)
+        for node in (node for node in claims if counted[node] < claims[node]):
+            print(
+                f"round {real_round}: node {node} claims {claims[node]} windows, counted as {counted[node]} "
+                f"({self.cfg.defence.examples_factor:g} x the median of the others' claims)",
+                flush=True,
+            )
+        return counted
 
     def _reject(self, updates: dict[int, Message]) -> dict[int, str]:
         """Why each malformed or outsized update is refused, by node."""

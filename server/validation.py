@@ -3,7 +3,8 @@
 A reply must carry exactly the global model's arrays (same names, shapes and dtypes), only finite values,
 and an integer num-examples in 1..max-examples; and its update (reply minus the global model) must not be
 more than norm-factor times as large as the median of the round's other updates. The first reason a reply fails is
-returned; a reply that fails is dropped, never averaged in.
+returned; a reply that fails is dropped, never averaged in. A reply that passes is counted with at most
+examples-factor times the median of the others' num-examples: no node can buy the round with a claim.
 """
 
 from __future__ import annotations
@@ -61,3 +62,14 @@ def outsized(norms: dict[int, float], cfg: DefenceConfig) -> dict[int, str]:
                 f"{float(np.median(others)):.4g}"
             )
     return found
+
+
+def counted_examples(claims: dict[int, int], cfg: DefenceConfig) -> dict[int, int]:
+    """Each node's weight in the aggregation: the num-examples it claims, capped at examples-factor times the
+    median of the other nodes' claims (the others', as for the norms). Capped, not rejected: an honest site
+    larger than the rest still contributes."""
+    counted = {}
+    for node, claim in claims.items():
+        others = [other for peer, other in claims.items() if peer != node]
+        counted[node] = min(claim, int(cfg.examples_factor * float(np.median(others)))) if others else claim
+    return counted

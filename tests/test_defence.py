@@ -236,3 +236,48 @@ def test_bad_attacker_flags_are_named_and_nothing_starts(
     assert main(["federate", "--workdir", str(tmp_path / "w"), *flags]) == 2
     assert named in capsys.readouterr().err
     assert not (tmp_path / "w").exists()
+
+
+def test_a_claimed_example_count_cannot_buy_the_round(tmp_path: Path, task_identity) -> None:
+    """FedAvg weighs a reply by the num-examples it claims, which the server cannot check. A plain sign-flip has
+    the honest norm, so it passes every check; claiming 10^6 windows beside four nodes of 100 it would hold 99.96%
+    of the weight and walk the model backwards. Counted at examples-factor (3) x the median of the others' claims,
+    it holds 3/7 and the round still moves the way the honest nodes move: by 1/7 of their step (3/5 had it
+    claimed 100)."""
+    flipped = {k: 2 * GLOBAL[k] - honest(99)[k] for k in GLOBAL}
+
+    def progress(arrays: ArrayRecord) -> float:
+        """How far the round moved along the honest nodes' direction, in honest steps (1: as far as they)."""
+        weights = arrays.to_torch_state_dict()
+        moved = sum(((weights[k] - GLOBAL[k]) * DIRECTION[k]).sum() for k in GLOBAL)
+        return float(moved / sum(0.01 * (DIRECTION[k] ** 2).sum() for k in GLOBAL))
+
+    capped, rows = run_round(tmp_path / "capped", [(flipped, 1_000_000)])
+    assert rows[0]["status"] == "ok" and (rows[0]["num-examples"], rows[0]["counted-examples"]) == (1_000_000, 300)
+    assert [row["counted-examples"] for row in rows[1:]] == [100] * 4
+    assert 0.1 < progress(capped) < 0.2
+    uncapped, _ = run_round(tmp_path / "uncapped", [(flipped, 1_000_000)], defence={"examples_factor": 1e9})
+    assert progress(uncapped) < -0.9  # the check that this test can fail: counted as claimed, the flip wins
+
+
+def test_honest_nodes_of_unequal_size_are_averaged_as_fedavg_averages_them(tmp_path: Path, task_identity) -> None:
+    """The cap leaves honest federations alone: claims within 3x the others' median count in full (the project's
+    own partitions: IID shards equal, whole-patient shards within 1.34x the round's median)."""
+    claims = [100, 120, 250, 90, 130]
+    arrays, rows = run_round(tmp_path, [(honest(i), claim) for i, claim in enumerate(claims)])
+    assert [row["counted-examples"] for row in rows] == claims
+    expected = {k: sum(c * honest(i)[k] for i, c in enumerate(claims)) / sum(claims) for k in GLOBAL}
+    for name, tensor in arrays.to_torch_state_dict().items():
+        torch.testing.assert_close(tensor, expected[name], rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("value", ["1", "0.5", "inf"])
+def test_an_examples_factor_that_would_cap_honest_nodes_is_named_and_nothing_starts(
+    tmp_path: Path, capsys: pytest.CaptureFixture, value: str
+) -> None:
+    """At 1 or below the cap would weigh every node below its peers' median (inf: no cap); one line names it."""
+    assert main(["federate", "--workdir", str(tmp_path / "w"), "--examples-factor", value]) == 2
+    assert "--examples-factor" in capsys.readouterr().err
+    assert not (tmp_path / "w").exists()
+    with pytest.raises(ConfigError, match=r"run config key 'defence\.examples-factor'"):
+        FederationConfig.from_run_config({"defence.examples-factor": float(value)})
