@@ -13,7 +13,7 @@ from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from client.poison import poisoned
-from common.config import FederationConfig, NodeConfig
+from common.config import TRAIN_METRICS, FederationConfig, NodeConfig
 from common.data import Beats, load_beats, read_records
 from common.model import EcgCnn, pick_device
 from common.runtime import tune_allocator
@@ -58,19 +58,14 @@ def train_round(msg: Message, context: Context) -> Message:
     model = EcgCnn()
     model.load_state_dict(sent)
     history = train(model, beats, cfg.train.model_copy(update={"seed": seed}), pick_device())
-    last = history[-1]
+    last, seconds = history[-1], sum(h.seconds for h in history)
     print(
         f"round {server_round}: trained on {len(beats)} windows, loss {last.loss:.4f}, "
-        f"accuracy {100 * last.accuracy:.2f}%, {sum(h.seconds for h in history):.1f} s",
+        f"accuracy {100 * last.accuracy:.2f}%, {seconds:.1f} s",
         flush=True,
     )
     metrics = MetricRecord(
-        {
-            "num-examples": node.claim_examples or len(beats),
-            "train-loss": last.loss,
-            "train-accuracy": last.accuracy,
-            "train-seconds": sum(h.seconds for h in history),
-        }
+        dict(zip(TRAIN_METRICS, (node.claim_examples or len(beats), last.loss, last.accuracy, seconds), strict=True))
     )
     weights = poisoned({k: v.detach().cpu() for k, v in model.state_dict().items()}, sent, node)
     content = RecordDict({"arrays": ArrayRecord(weights), "metrics": metrics})

@@ -25,6 +25,9 @@ AAMI_MAP: dict[str, str] = {
     **dict.fromkeys(("/", "Q", "f"), "Q"),
 }
 SAMPLING_RATE_HZ = 360
+# What a node's training reply carries besides its weights: the ClientApp sends exactly these metrics and the
+# ServerApp refuses any other (Flower's strategies end the run on replies whose metric keys differ).
+TRAIN_METRICS = ("num-examples", "train-loss", "train-accuracy", "train-seconds")
 
 # de Chazal et al. (2004) inter-patient split; the paced records 102, 104, 107, 217 are in neither.
 DS1_RECORDS = (

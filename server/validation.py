@@ -1,7 +1,8 @@
 """Every node's update is checked before it can reach the global model.
 
-A reply must carry exactly the global model's arrays (same names, shapes and dtypes), only finite values,
-and an integer num-examples in 1..max-examples; and its update (reply minus the global model) must not be
+A reply must hold exactly the two records the ClientApp sends ('arrays' and 'metrics'), the global model's arrays
+(same names, shapes and dtypes) with only finite values, the ClientApp's metrics as finite numbers, and an integer
+num-examples in 1..max-examples; and its update (reply minus the global model) must not be
 more than norm-factor times as large as the median of the round's other updates. The first reason a reply fails is
 returned; a reply that fails is dropped, never averaged in. A reply that passes is counted with at most
 examples-factor times the median of the others' num-examples: no node can buy the round with a claim.
@@ -9,17 +10,20 @@ examples-factor times the median of the others' num-examples: no node can buy th
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from flwr.app import Message
 
-from common.config import DefenceConfig
+from common.config import TRAIN_METRICS, DefenceConfig
 
 
 def check_reply(reply: Message, global_arrays: dict[str, np.ndarray], cfg: DefenceConfig) -> str | None:
     """None if the reply is a well-formed update; else why not."""
     content = reply.content
-    if "arrays" not in content.array_records or "metrics" not in content.metric_records:
-        return "no 'arrays' and 'metrics' records"
+    records = [*content.array_records, *content.metric_records, *content.config_records]
+    if list(content.array_records) != ["arrays"] or list(content.metric_records) != ["metrics"] or len(records) != 2:
+        return f"records other than 'arrays', 'metrics' (got {sorted(records)})"  # Flower would end the run
     try:
         arrays = {name: array.numpy() for name, array in content["arrays"].items()}
     except Exception as error:  # a payload numpy cannot read is as bad as a wrong one
@@ -35,7 +39,14 @@ def check_reply(reply: Message, global_arrays: dict[str, np.ndarray], cfg: Defen
             return f"{name} of dtype {got.dtype}, the model's is {expected.dtype}"
         if not np.all(np.isfinite(got)):
             return f"{name} holds non-finite values"
-    examples = content["metrics"].get("num-examples")
+    metrics = content["metrics"]
+    if set(metrics) != set(TRAIN_METRICS):
+        missing, extra = sorted(set(TRAIN_METRICS) - set(metrics)), sorted(set(metrics) - set(TRAIN_METRICS))
+        return f"metrics other than the ClientApp's (missing {missing}, unexpected {extra})"
+    for name, value in metrics.items():
+        if not isinstance(value, int | float) or not math.isfinite(value):
+            return f"metric {name} {value!r} is not a finite number"
+    examples = metrics["num-examples"]
     if not isinstance(examples, int) or isinstance(examples, bool) or not 1 <= examples <= cfg.max_examples:
         return f"num-examples {examples!r} outside 1..{cfg.max_examples}"
     return None

@@ -281,3 +281,52 @@ def test_an_examples_factor_that_would_cap_honest_nodes_is_named_and_nothing_sta
     assert not (tmp_path / "w").exists()
     with pytest.raises(ConfigError, match=r"run config key 'defence\.examples-factor'"):
         FederationConfig.from_run_config({"defence.examples-factor": float(value)})
+
+
+def _metrics(**changes: object) -> MetricRecord:
+    honest_metrics = {"num-examples": 100, "train-loss": 0.5, "train-accuracy": 0.5, "train-seconds": 1.0}
+    return MetricRecord({k: v for k, v in (honest_metrics | changes).items() if v is not None})
+
+
+@pytest.mark.parametrize(
+    ("records", "reason"),
+    [
+        ({"metrics": _metrics(extra=1.0)}, "metrics other than the ClientApp's (missing [], unexpected ['extra'])"),
+        (
+            {"metrics": _metrics(**{"train-loss": None})},
+            "metrics other than the ClientApp's (missing ['train-loss'], unexpected [])",
+        ),
+        ({"metrics": _metrics(**{"train-loss": [0.5, 0.5]})}, "metric train-loss [0.5, 0.5] is not a finite number"),
+        ({"metrics": _metrics(**{"train-accuracy": float("nan")})}, "metric train-accuracy nan is not a finite number"),
+        (
+            {"more": _metrics(**{"num-examples": 10**6}), "metrics": _metrics()},
+            "records other than 'arrays', 'metrics'",
+        ),
+        ({"metrics": _metrics(), "spare": "arrays"}, "records other than 'arrays', 'metrics'"),
+        ({"metrics": _metrics(), "options": ConfigRecord({"x": 1})}, "records other than 'arrays', 'metrics'"),
+    ],
+)
+def test_a_reply_shaped_otherwise_than_the_client_app_sends_is_rejected_not_fatal(
+    tmp_path: Path, task_identity, records: dict, reason: str
+) -> None:
+    """Flower's strategies end the whole ServerApp (InconsistentMessageReplies, an AppExitException) when the
+    replies' metric keys differ or a reply holds a second record; one node could stop every hospital's run."""
+    bad = honest(99)
+    content = RecordDict(
+        {
+            name: ArrayRecord(bad) if record == "arrays" else record
+            for name, record in ({"arrays": "arrays"} | records).items()
+        }
+    )
+    cfg = FederationConfig(num_nodes=5, nodes_per_round=5)
+    results = Results(tmp_path)
+    results.start(cfg)
+    strategy = make_strategy(cfg, results)
+    messages = list(strategy.configure_train(1, ArrayRecord(GLOBAL), ConfigRecord({}), FakeGrid(list(range(5)))))
+    replies = [Message(content, reply_to=messages[0])] + [reply(m, honest(i)) for i, m in enumerate(messages) if i]
+    arrays, _ = strategy.aggregate_train(1, replies)
+    rows = results.read_jsonl("clients")
+    assert rows[0]["status"] == "rejected" and reason in rows[0]["error"], rows[0]
+    expected = {k: torch.stack([honest(i)[k] for i in range(1, 5)]).mean(0) for k in GLOBAL}
+    for name, tensor in arrays.to_torch_state_dict().items():
+        torch.testing.assert_close(tensor, expected[name], rtol=0, atol=1e-6)

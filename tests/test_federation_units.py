@@ -17,11 +17,12 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.common.config import flatten_dict
 
 from client.app import train_round
-from common.config import ConfigError, FederationConfig, NodeConfig
+from common.config import ConfigError, DefenceConfig, FederationConfig, NodeConfig
 from common.data import DataError, save_beats
 from common.model import EcgCnn, build_model
 from ecg_fat.launcher import ControlClient
 from server.results import Results, ResultsError
+from server.validation import check_reply
 from tests.conftest import synthetic_beats, write_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -70,6 +71,8 @@ def test_client_trains_on_its_shard_and_replies_weights_and_metrics(tmp_path: Pa
     reply = train_round(_train_message(), _context(tmp_path / "shard.npz"))
     metrics = reply.content["metrics"]
     assert metrics["num-examples"] == 30 and 0 <= metrics["train-accuracy"] <= 1
+    sent = {name: array.numpy() for name, array in _train_message().content["arrays"].items()}
+    assert check_reply(reply, sent, DefenceConfig()) is None  # the ServerApp accepts what the ClientApp sends
     trained = reply.content["arrays"].to_torch_state_dict()
     assert set(trained) == set(EcgCnn().state_dict())
     assert not torch.equal(trained["classifier.5.bias"], build_model(0).state_dict()["classifier.5.bias"])
