@@ -335,8 +335,8 @@ class DefenceConfig(_Settings):
     )
     # FedAvg weighs a reply by the count it claims, which no server can check: uncapped, one node claiming 10^6
     # windows beside four of 8,757 holds 97% of the round and can put the global model anywhere inside the norm
-    # bound. At 3 it holds at most 3/7 of the paper's five replies; honest shards are rarely that unequal (IID:
-    # equal; whole patients: at most 1.34x the round's median in docs/results/hospitals).
+    # bound. At 3 it holds at most 3/7 of the paper's five replies; no claim of the committed runs came near it
+    # (the largest: 1.34x the others' median, whole-patient shards in docs/results/hospitals).
     examples_factor: float = Field(
         3.0,
         gt=1.0,
