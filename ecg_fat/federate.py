@@ -72,8 +72,11 @@ class Progress:
 
     def __call__(self) -> None:
         for row in self._new_rows("clients"):
+            counted = row.get("counted-examples", row.get("num-examples"))
             what = (
-                f"{row['num-examples']} windows, loss {row['train-loss']:.4f}"
+                f"{row['num-examples']} windows"
+                + (f" (counted as {counted})" if counted != row["num-examples"] else "")
+                + f", loss {row['train-loss']:.4f}"
                 if row["status"] == "ok"
                 else f"FAILED: {row.get('error', '')[:200]}"
             )

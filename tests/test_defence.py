@@ -330,3 +330,17 @@ def test_a_reply_shaped_otherwise_than_the_client_app_sends_is_rejected_not_fata
     expected = {k: torch.stack([honest(i)[k] for i in range(1, 5)]).mean(0) for k in GLOBAL}
     for name, tensor in arrays.to_torch_state_dict().items():
         torch.testing.assert_close(tensor, expected[name], rtol=0, atol=1e-6)
+
+
+def test_the_operator_sees_a_capped_claim_in_the_progress_lines(
+    tmp_path: Path, task_identity, caplog: pytest.LogCaptureFixture
+) -> None:
+    from ecg_fat.federate import Progress
+
+    flipped = {k: 2 * GLOBAL[k] - honest(99)[k] for k in GLOBAL}
+    run_round(tmp_path, [(flipped, 1_000_000)])
+    with caplog.at_level("INFO", logger="ecg_fat"):
+        Progress(tmp_path)()
+    lines = [record.getMessage() for record in caplog.records if record.name == "ecg_fat"]
+    assert "1000000 windows (counted as 300), loss 0.5000" in lines[0]
+    assert all(line.endswith("100 windows, loss 0.5000") for line in lines[1:5])
