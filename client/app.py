@@ -14,8 +14,8 @@ from flwr.clientapp import ClientApp
 
 from client.poison import poisoned
 from common.config import TRAIN_METRICS, FederationConfig, NodeConfig
-from common.data import Beats, load_beats, read_records
-from common.model import EcgCnn, pick_device
+from common.data import Beats, DataError, load_beats, read_records
+from common.model import EcgCnn, pick_device, reads_rhythm
 from common.runtime import tune_allocator
 from common.train import train
 
@@ -27,10 +27,19 @@ def local_seed(seed: int, server_round: int, node_id: int) -> int:
     return seed + 1_000 * server_round + node_id % 1_000
 
 
-def load_local_data(node: NodeConfig) -> Beats:
+def load_local_data(node: NodeConfig, model: EcgCnn) -> Beats:
+    """The node's windows as the consortium's model reads them: with RR features where its weights take them
+    (records are windowed so; a shard must have been prepared so)."""
     if node.data_path.is_dir():
-        return read_records(node.data_path, lead=node.lead)
-    return load_beats(node.data_path)
+        return read_records(node.data_path, lead=node.lead, rhythm=model.rhythm)
+    beats = load_beats(node.data_path)
+    if beats.x.shape[-1] != model.input_length:
+        needed = "--rhythm (window + RR features)" if model.rhythm else "without --rhythm (the window only)"
+        raise DataError(
+            f"{node.data_path}: windows of {beats.x.shape[-1]} values, but the run's model reads "
+            f"{model.input_length}: prepare this node's shard {needed}"
+        )
+    return beats
 
 
 @app.query()
@@ -52,11 +61,10 @@ def train_round(msg: Message, context: Context) -> Message:
     seed = local_seed(
         cfg.train.seed, server_round, node.partition_id if node.partition_id is not None else context.node_id
     )
-    beats = load_local_data(node).subsample(cfg.max_train_windows, seed)
-
     sent = msg.content["arrays"].to_torch_state_dict()
-    model = EcgCnn()
+    model = EcgCnn(rhythm=reads_rhythm(sent))
     model.load_state_dict(sent)
+    beats = load_local_data(node, model).subsample(cfg.max_train_windows, seed)
     history = train(model, beats, cfg.train.model_copy(update={"seed": seed}), pick_device())
     last, seconds = history[-1], sum(h.seconds for h in history)
     print(

@@ -33,6 +33,7 @@ from common.config import (
     DS1_RECORDS,
     DS2_RECORDS,
     NUM_CLASSES,
+    RHYTHM_FEATURES,
     SAMPLING_RATE_HZ,
     PrepareConfig,
     WindowConfig,
@@ -87,7 +88,8 @@ class Manifest(BaseModel):
 
 @dataclass(frozen=True)
 class Beats:
-    """Windows (n, 1, L) float32 in [0, 1], AAMI labels (n,) int64, and each window's record name."""
+    """Windows (n, 1, L) float32 in [0, 1], AAMI labels (n,) int64, and each window's record name. With
+    rhythm features (`prepare --rhythm`) a window's last RHYTHM_FEATURES values are its beat's."""
 
     x: np.ndarray
     y: np.ndarray
@@ -126,18 +128,50 @@ def minmax_scale(windows: np.ndarray) -> np.ndarray:
     return scaled.astype(np.float32)
 
 
+def _ratio(numerator: np.ndarray, denominator: np.ndarray | float) -> np.ndarray:
+    """numerator / denominator, 1 (a regular rhythm) where the denominator is not positive."""
+    denominator = np.broadcast_to(np.asarray(denominator, dtype=np.float64), numerator.shape)
+    return np.divide(numerator, denominator, out=np.ones_like(numerator), where=denominator > 0)
+
+
+def rr_features(samples: np.ndarray) -> np.ndarray:
+    """RHYTHM_FEATURES per beat from the sorted positions of one record's beats: the RR interval before the beat
+    and after it, and the mean of the last ten, each over the record's mean RR, and the previous one over that
+    mean of ten; halved and clipped to [0, 1] (1 is a regular rhythm's 0.5), the range the attacks clamp to. A
+    premature (S) beat has a short previous and a long next interval. The first beat has no previous interval
+    and the last no next one: their neighbour's stands in; a record of one beat gets a regular rhythm's values."""
+    if len(samples) < 2:
+        return np.full((len(samples), RHYTHM_FEATURES), 0.5, dtype=np.float32)
+    rr = np.diff(np.asarray(samples, dtype=np.float64))
+    previous = np.concatenate([[rr[0]], rr])
+    following = np.concatenate([rr, [rr[-1]]])
+    last_ten = np.minimum(np.arange(1, len(previous) + 1), 10)  # fewer at the record's start
+    local = np.convolve(previous, np.ones(10))[: len(previous)] / last_ten
+    mean = rr.mean()
+    ratios = [_ratio(previous, mean), _ratio(following, mean), _ratio(local, mean), _ratio(previous, local)]
+    return np.clip(np.stack(ratios, axis=1) / 2, 0, 1).astype(np.float32)
+
+
 def window_beats(
-    signal: np.ndarray, samples: np.ndarray, symbols: Sequence[str], window: WindowConfig
+    signal: np.ndarray, samples: np.ndarray, symbols: Sequence[str], window: WindowConfig, rhythm: bool = False
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Cut a scaled window around every AAMI-mapped beat whose window lies inside the signal."""
+    """Cut a scaled window around every AAMI-mapped beat whose window lies inside the signal, its beat's RR
+    features appended with `rhythm`."""
     samples = np.asarray(samples, dtype=np.int64)
     mapped = np.array([symbol in AAMI_MAP for symbol in symbols], dtype=bool)
     inside = (samples - window.before >= 0) & (samples + window.after <= len(signal))
     keep = mapped & inside
     offsets = np.arange(-window.before, window.after)
-    windows = signal[samples[keep, None] + offsets]
+    windows = minmax_scale(signal[samples[keep, None] + offsets])[:, None, :]
     labels = np.array([_CLASS_INDEX[AAMI_MAP[s]] for s, k in zip(symbols, keep, strict=True) if k], np.int64)
-    return minmax_scale(windows)[:, None, :], labels
+    if rhythm:  # a beat's neighbours are the record's beats, whether or not their own windows fit
+        windows = np.concatenate([windows, rr_features(samples[mapped])[inside[mapped], None, :]], axis=-1)
+    return windows, labels
+
+
+def has_rhythm(beats: Beats) -> bool:
+    """Whether the windows carry RR features (prepared with --rhythm): they are RHYTHM_FEATURES longer."""
+    return beats.x.shape[-1] == WindowConfig().length + RHYTHM_FEATURES
 
 
 def find_records(directory: Path) -> list[Path]:
@@ -243,8 +277,8 @@ def read_annotations(record: Path, signal_length: int) -> wfdb.Annotation:
     return annotation
 
 
-def read_record(record: Path, lead: int | str, window: WindowConfig) -> Beats:
-    """Read one WFDB record (header, signal, .atr annotations) and cut its beat windows."""
+def read_record(record: Path, lead: int | str, window: WindowConfig, rhythm: bool = False) -> Beats:
+    """Read one WFDB record (header, signal, .atr annotations) and cut its beat windows (with their RR features)."""
     hea, atr = record.with_suffix(".hea"), record.with_suffix(".atr")
     header = read_header(record)
     if header.fs != SAMPLING_RATE_HZ:
@@ -254,7 +288,7 @@ def read_record(record: Path, lead: int | str, window: WindowConfig) -> Beats:
         raise DataError(f"{atr}: missing (record {record.name} needs it)")
     signal = read_signal(record, header, channel)
     annotation = read_annotations(record, len(signal))
-    x, y = window_beats(signal, annotation.sample, annotation.symbol, window)
+    x, y = window_beats(signal, annotation.sample, annotation.symbol, window, rhythm)
     return Beats(x, y, np.full(len(y), record.name))
 
 
@@ -263,15 +297,16 @@ def read_records(
     lead: int | str = AUTO_LEAD,
     window: WindowConfig | None = None,
     names: Sequence[str] | None = None,
+    rhythm: bool = False,
 ) -> Beats:
-    """Read every record of `directory` (or only `names`) into one set of beat windows."""
+    """Read every record of `directory` (or only `names`) into one set of beat windows (with RR features)."""
     window = window or WindowConfig()
     records = find_records(directory)
     if names is not None:
         records = [record for record in records if record.name in set(names)]
     if not records:
         raise DataError(f"{directory}: none of the records {', '.join(names or [])} is there")
-    beats = Beats.concat([read_record(record, lead, window) for record in records])
+    beats = Beats.concat([read_record(record, lead, window, rhythm) for record in records])
     if len(beats) == 0:
         raise DataError(f"{directory}: no beat of an AAMI class found in {len(records)} record(s)")
     log.info("read %d records from %s: %d windows %s", len(records), directory, len(beats), class_counts(beats.y))
@@ -461,7 +496,7 @@ def client_file(index: int) -> str:
 
 def prepare(source: Path, out: Path, cfg: PrepareConfig) -> Manifest:
     """Read `source`, split and partition, then write shards, the test set and manifest.json to `out`."""
-    beats = read_records(source, cfg.lead, cfg.window)
+    beats = read_records(source, cfg.lead, cfg.window, rhythm=cfg.rhythm)
     train_index, test_index = split_train_test(beats, cfg)
     train, test = beats.take(train_index), beats.take(test_index)
     shards = [train.take(index) for index in partition(train, cfg)]

@@ -1,15 +1,16 @@
-"""The paper's 1-D CNN for 180-sample beat windows (410,021 parameters)."""
+"""The paper's 1-D CNN for 180-sample beat windows (410,021 parameters), and beyond the paper the same CNN with
+its beat's RR features joined to its convolutional features (411,045)."""
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from common.config import NUM_CLASSES
+from common.config import NUM_CLASSES, RHYTHM_FEATURES
 
 
 class _PairMax(torch.autograd.Function):
@@ -49,41 +50,75 @@ class PairMaxPool(nn.Module):
         return _PairMax.apply(x)
 
 
+CHANNELS = (1, 16, 32, 64, 128)
+
+
+def flat_features(window_length: int) -> int:
+    """What the convolutions leave of a window, flattened: the last block's channels x the pooled length."""
+    return CHANNELS[-1] * (window_length // 2 ** (len(CHANNELS) - 1))
+
+
 class EcgCnn(nn.Module):
     """4 x (Conv1d k3 p1 + ReLU + MaxPool 2) with 16/32/64/128 filters, then Linear 256, 64, 5.
 
-    `pool` makes the pooling layer: PairMaxPool by default, nn.MaxPool1d(2) for the library reference.
+    `pool` makes the pooling layer: PairMaxPool by default, nn.MaxPool1d(2) for the library reference. With
+    `rhythm` the input is the window followed by its beat's RHYTHM_FEATURES (`prepare --rhythm`), which join
+    the flattened convolutional features before the dense layers: one input tensor, so training and every
+    attack take it unchanged.
     """
 
     def __init__(
-        self, window_length: int = 180, num_classes: int = NUM_CLASSES, pool: Callable[[], nn.Module] = PairMaxPool
+        self,
+        window_length: int = 180,
+        num_classes: int = NUM_CLASSES,
+        pool: Callable[[], nn.Module] = PairMaxPool,
+        rhythm: bool = False,
     ) -> None:
         super().__init__()
+        self.window_length, self.rhythm = window_length, rhythm
         blocks: list[nn.Module] = []
-        channels = [1, 16, 32, 64, 128]
-        length = window_length
-        for c_in, c_out in itertools.pairwise(channels):
+        for c_in, c_out in itertools.pairwise(CHANNELS):
             blocks += [nn.Conv1d(c_in, c_out, kernel_size=3, padding=1), nn.ReLU(), pool()]
-            length //= 2
         self.features = nn.Sequential(*blocks)
         self.classifier = nn.Sequential(
             nn.Flatten(),
-            nn.Linear(channels[-1] * length, 256),
+            nn.Linear(flat_features(window_length), 256),
             nn.ReLU(),
             nn.Linear(256, 64),
             nn.ReLU(),
             nn.Linear(64, num_classes),
         )
+        if rhythm:  # replaced once built, as docs/results/centralised/rr_probe.py did: the same seed, its weights
+            self.classifier[1] = nn.Linear(flat_features(window_length) + RHYTHM_FEATURES, 256)
+
+    @property
+    def input_length(self) -> int:
+        return self.window_length + (RHYTHM_FEATURES if self.rhythm else 0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(x))
+        # Windows of another length would pass the convolutions (184 samples pool to 11 as 180 do): never
+        # silently, since the RR features read as samples are a wrong model, not an error.
+        if x.shape[-1] != self.input_length:
+            raise ValueError(
+                f"the model reads inputs of {self.input_length} values "
+                f"({'window + RR features' if self.rhythm else 'window only'}), got {x.shape[-1]}"
+            )
+        if not self.rhythm:
+            return self.classifier(self.features(x))
+        window, rhythm = x[..., : self.window_length], x[:, 0, self.window_length :]
+        return self.classifier(torch.cat([self.features(window).flatten(1), rhythm], dim=1))
 
 
-def build_model(seed: int, pool: Callable[[], nn.Module] = PairMaxPool) -> EcgCnn:
+def reads_rhythm(state: Mapping[str, torch.Tensor]) -> bool:
+    """Whether weights are those of the model with rhythm features: its first dense layer has more inputs."""
+    return state["classifier.1.weight"].shape[1] == flat_features(180) + RHYTHM_FEATURES
+
+
+def build_model(seed: int, pool: Callable[[], nn.Module] = PairMaxPool, rhythm: bool = False) -> EcgCnn:
     """The model with seeded initial weights (the same seed gives the same weights everywhere)."""
     generator_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
-    model = EcgCnn(pool=pool)
+    model = EcgCnn(pool=pool, rhythm=rhythm)
     torch.random.set_rng_state(generator_state)
     return model
 

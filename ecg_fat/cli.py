@@ -24,6 +24,7 @@ from common.data import (
     DataError,
     Manifest,
     download_mitdb,
+    has_rhythm,
     load_beats,
     load_training_set,
     prepare,
@@ -358,7 +359,7 @@ def run_train_local(args: argparse.Namespace) -> int:
             stats.windows / stats.seconds,
         )
 
-    model = build_model(train_cfg.seed)
+    model = build_model(train_cfg.seed, rhythm=has_rhythm(training))
     train(model, training, train_cfg, device, on_epoch=show_epoch)
     if args.save:
         args.save.parent.mkdir(parents=True, exist_ok=True)
@@ -407,6 +408,11 @@ def run_evaluate(args: argparse.Namespace) -> int:
     require_json_dir(args.json)
     model = load_classifier(args.model)[0].module
     test = load_beats(args.test).subsample(run.max_test_windows, run.seed)
+    if test.x.shape[-1] != model.input_length:
+        raise UsageError(
+            f"--test {args.test}: windows of {test.x.shape[-1]} values, but --model reads {model.input_length} "
+            f"({'window + RR features: a test set prepared with --rhythm' if model.rhythm else 'the window only'})"
+        )
     log.info("weights %s, test set %s", args.model, args.test)
     results = evaluate_and_print(model, test, cfg)
     if args.json:
@@ -506,7 +512,8 @@ def add_export(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
         "export",
         help="the model as one torch.export program that scales raw windows itself, with settings and provenance",
-        description="Write OUT/model.pt2, a torch.export program that takes raw beat windows (n, 1, 180) and "
+        description="Write OUT/model.pt2, a torch.export program that takes raw beat windows (n, 1, 180; 184 with "
+        "the beat's RR features after the window for a model trained with --rhythm) and "
         "returns class logits (it min-max scales each window itself, as training did), OUT/weights.pt (a copy "
         "of --model) and OUT/settings.json: the preprocessing (sampling rate, window, scaling, lead), the "
         "classes and the run's provenance (config, metrics at the last round, the weights' sha256, code version) "

@@ -19,8 +19,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from common.config import AAMI_CLASSES, AAMI_MAP, SAMPLING_RATE_HZ, WindowConfig
-from common.data import write_atomically
+from common.config import AAMI_CLASSES, AAMI_MAP, RHYTHM_FEATURES, SAMPLING_RATE_HZ, WindowConfig
+from common.data import rr_features, write_atomically
 from common.model import EcgCnn
 from ecg_fat.predict import EXPORT_MODEL, EXPORT_SETTINGS, EXPORT_WEIGHTS, Classifier, ModelError
 from server.results import Results
@@ -30,16 +30,20 @@ ROOT = Path(__file__).resolve().parents[1]
 
 class ScaledClassifier(nn.Module):
     """Raw windows (n, 1, length) in, logits out: each window min-max scaled to [0, 1] (a flat one to zeros),
-    exactly as `common.data.minmax_scale` does for training, then the CNN."""
+    exactly as `common.data.minmax_scale` does for training, then the CNN. For a model with rhythm features
+    each raw window is followed by its beat's RR features, which pass unscaled."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: EcgCnn) -> None:
         super().__init__()
         self.model = model
 
     def forward(self, windows: torch.Tensor) -> torch.Tensor:
-        low = windows.amin(dim=-1, keepdim=True)
-        span = windows.amax(dim=-1, keepdim=True) - low
-        scaled = torch.where(span > 0, (windows - low) / torch.where(span > 0, span, torch.ones_like(span)), 0.0)
+        raw = windows[..., : self.model.window_length]
+        low = raw.amin(dim=-1, keepdim=True)
+        span = raw.amax(dim=-1, keepdim=True) - low
+        scaled = torch.where(span > 0, (raw - low) / torch.where(span > 0, span, torch.ones_like(span)), 0.0)
+        if self.model.rhythm:
+            scaled = torch.cat([scaled, windows[..., self.model.window_length :]], dim=-1)
         return self.model(scaled)
 
 
@@ -83,18 +87,21 @@ def export(model_file: Path, out: Path, lead: int | str, window: WindowConfig) -
     if model_file.is_dir():
         raise ModelError(f"{model_file}: an export already; export the weights it was made from")
     weights = Classifier(model_file)
-    model = EcgCnn(window_length=window.length, pool=lambda: nn.MaxPool1d(2))
+    rhythm = weights.module.rhythm
+    model = EcgCnn(window_length=window.length, pool=lambda: nn.MaxPool1d(2), rhythm=rhythm)
     model.load_state_dict(weights.module.state_dict())
-    example = torch.rand(2, 1, window.length)
+    example = torch.rand(2, 1, model.input_length)
     program = torch.export.export(
         ScaledClassifier(model.eval()), (example,), dynamic_shapes={"windows": {0: torch.export.Dim("batch", min=1)}}
     )
     out.mkdir(parents=True, exist_ok=True)
     write_atomically(out / EXPORT_MODEL, lambda file: torch.export.save(program, file))
     write_atomically(out / EXPORT_WEIGHTS, lambda file: file.write(model_file.read_bytes()))
+    features = f", then the beat's {RHYTHM_FEATURES} RR features (preprocessing.rhythm)" if rhythm else ""
     settings = {
-        "input": f"raw beat windows shaped (n, 1, {window.length}), float32, in the record's physical units "
-        f"(mV), {window.before} samples before the beat and {window.after} from it on, at {SAMPLING_RATE_HZ} Hz",
+        "input": f"raw beat windows shaped (n, 1, {model.input_length}), float32: {window.length} samples in the "
+        f"record's physical units (mV), {window.before} before the beat and {window.after} from it on, at "
+        f"{SAMPLING_RATE_HZ} Hz{features}",
         "output": "logits over the classes, in their order (softmax for probabilities)",
         "classes": list(AAMI_CLASSES),
         "aami_map": AAMI_MAP,
@@ -103,6 +110,7 @@ def export(model_file: Path, out: Path, lead: int | str, window: WindowConfig) -
             "window": window.model_dump(),
             "scaling": "min-max per window to [0, 1] (a flat window to zeros), done inside the model",
             "lead": lead,
+            "rhythm": " ".join((rr_features.__doc__ or "").split()) if rhythm else None,  # how to compute them
         },
         "provenance": provenance(model_file),
     }

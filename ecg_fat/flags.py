@@ -47,6 +47,7 @@ PREPARE = [
     _flag("--test-fraction", "test-fraction"),
     _flag("--partition", "partition"),
     _flag("--alpha", "alpha"),
+    _flag("--rhythm", "rhythm"),
 ]
 
 # A run's settings (FederationConfig). The PGD flags set training's attack and the evaluated one alike.

@@ -29,10 +29,11 @@ from common.data import (
     read_annotations,
     read_header,
     read_signal,
+    rr_features,
     write_atomically,
 )
 from common.metrics import classification_metrics
-from common.model import EcgCnn
+from common.model import EcgCnn, reads_rhythm
 
 log = logging.getLogger("ecg_fat")
 EXPORT_SETTINGS = "settings.json"
@@ -55,6 +56,7 @@ class RecordBeats:
     record: str
     samples: np.ndarray  # beat positions at 360 Hz
     windows: np.ndarray  # (n, 1, length) float32, unscaled
+    rhythm: np.ndarray  # (n, RHYTHM_FEATURES) float32: each beat's RR features, for a model that reads them
     labels: np.ndarray | None  # AAMI class index per beat, from the .atr; None: beats were detected
     source: str  # "annotations" or "XQRS detector"
 
@@ -78,15 +80,18 @@ class Classifier:
         if not file.is_file():
             missing = f"no {EXPORT_WEIGHTS} in this directory" if path.is_dir() else "no such model file or directory"
             raise ModelError(f"{path}: {missing}")
-        model = EcgCnn()
         try:
-            model.load_state_dict(torch.load(file, map_location="cpu", weights_only=True))
+            state = torch.load(file, map_location="cpu", weights_only=True)
+            model = EcgCnn(rhythm=reads_rhythm(state))
+            model.load_state_dict(state)
         except (RuntimeError, pickle.UnpicklingError, AttributeError, TypeError, ValueError, KeyError) as error:
             raise ModelError(f"{file}: not weights of this model ({str(error).splitlines()[0]})") from error
         self.module = model.eval()
 
-    def probabilities(self, raw_windows: np.ndarray, batch_size: int = 1024) -> np.ndarray:
+    def probabilities(self, raw_windows: np.ndarray, rhythm: np.ndarray, batch_size: int = 1024) -> np.ndarray:
         windows = minmax_scale(raw_windows)
+        if self.module.rhythm:
+            windows = np.concatenate([windows, rhythm[:, None, :]], axis=-1)
         with torch.inference_mode():
             logits = [
                 self.module(torch.from_numpy(b)) for b in np.array_split(windows, max(1, len(windows) // batch_size))
@@ -133,10 +138,11 @@ def read_beats(record: Path, lead: int | str, window: WindowConfig) -> RecordBea
         samples = np.asarray(wfdb.processing.xqrs_detect(signal, SAMPLING_RATE_HZ, verbose=False), dtype=np.int64)
         labels = None
     inside = (samples - window.before >= 0) & (samples + window.after <= len(signal))
+    rhythm = rr_features(samples)[inside]  # from every beat, as `prepare --rhythm` computes them
     samples = samples[inside]
     windows = signal[samples[:, None] + np.arange(-window.before, window.after)][:, None, :].astype(np.float32)
     return RecordBeats(
-        record.name, samples, windows, labels[inside] if annotated else None,
+        record.name, samples, windows, rhythm, labels[inside] if annotated else None,
         "annotations" if annotated else "XQRS detector",
     )  # fmt: skip
 
@@ -155,7 +161,9 @@ def records_at(path: Path) -> list[Path]:
 
 
 def predict_record(classifier: Classifier, beats: RecordBeats) -> list[dict]:
-    probabilities = classifier.probabilities(beats.windows) if len(beats.samples) else np.zeros((0, NUM_CLASSES))
+    probabilities = (
+        classifier.probabilities(beats.windows, beats.rhythm) if len(beats.samples) else np.zeros((0, NUM_CLASSES))
+    )
     rows = []
     for i, sample in enumerate(beats.samples):
         row = {

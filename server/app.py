@@ -8,7 +8,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 
 from common.config import ConfigError, FederationConfig
-from common.data import load_beats
+from common.data import has_rhythm, load_beats
 from common.model import build_model
 from common.runtime import tune_allocator
 from server.evaluation import RoundEvaluator
@@ -41,7 +41,7 @@ def main(grid: Grid, context: Context) -> None:
         print(f"resuming from the round {last} checkpoint in {results.dir}", flush=True)
         state = results.load_checkpoint(last)
     else:
-        state = build_model(cfg.seed).state_dict()
+        state = build_model(cfg.seed, rhythm=has_rhythm(test)).state_dict()  # the model the windows need
     offset = last if resumed else 0
 
     strategy = make_strategy(cfg, results, round_offset=offset)

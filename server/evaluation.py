@@ -8,7 +8,7 @@ import torch
 from flwr.app import ArrayRecord, MetricRecord
 
 from common.config import EvalConfig
-from common.data import Beats
+from common.data import Beats, has_rhythm
 from common.metrics import evaluate, evaluate_standard, progress_line
 from common.model import EcgCnn, pick_device
 from server.results import Results
@@ -42,7 +42,7 @@ class RoundEvaluator:
         self.test, self.cfg, self.results = test, cfg, results
         self.round_offset, self.resumed, self.last_round = round_offset, resumed, last_round
         self.device = pick_device()
-        self.model = EcgCnn()
+        self.model = EcgCnn(rhythm=has_rhythm(test))
         overlapped = overlap == "on" or (overlap == "auto" and self.device.type == "cuda")
         self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="evaluate") if overlapped else None
         self.pending: list[Future] = []

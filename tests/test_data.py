@@ -22,6 +22,7 @@ from common.data import (
     prepare,
     read_record,
     read_records,
+    rr_features,
     save_beats,
     sha256_of,
     split_train_test,
@@ -56,6 +57,31 @@ def test_windows_scaled_to_unit_range_and_flat_window_is_zeros(tmp_path: Path) -
     assert not np.isnan(beats.x).any()
     assert beats.x[0].min() == 0.0 and beats.x[0].max() == pytest.approx(1.0)
     assert np.all(beats.x[1] == 0.0)
+
+
+def test_rr_features_mark_a_premature_beat_and_a_regular_rhythm_is_one_half() -> None:
+    samples = np.array([0, 300, 600, 900, 1050, 1500, 1800])  # the beat at 1050 comes 150 samples early
+    features = rr_features(samples)
+    assert features.shape == (7, 4) and features.dtype == np.float32 and np.all((features >= 0) & (features <= 1))
+    mean, local = 300.0, (300 * 4 + 150) / 5  # 1800 / 6 intervals; the previous RRs of beats 0-4 (0: its next)
+    np.testing.assert_allclose(features[1], [0.5, 0.5, 0.5, 0.5])  # regular so far: every ratio 1
+    early = features[4]
+    assert early[0] == pytest.approx(150 / mean / 2) and early[1] == pytest.approx(450 / mean / 2)
+    assert early[2] == pytest.approx(local / mean / 2) and early[3] == pytest.approx(150 / local / 2)
+    assert features[0][0] == features[0][1] == pytest.approx(0.5)  # no previous RR: the next one stands in
+    np.testing.assert_allclose(rr_features(np.array([500])), [[0.5] * 4])  # one beat: no rhythm to tell
+    assert np.isfinite(rr_features(np.array([7, 7, 7]))).all()  # beats at one sample (a crafted .atr): no NaN
+
+
+def test_with_rhythm_a_window_carries_its_beats_rr_features_computed_over_every_beat(tmp_path: Path) -> None:
+    samples = [50, 400, 700, 1000, 1300, 1910]
+    symbols = ["N", "N", "A", "+", "V", "N"]  # 50 leaves the signal but is a neighbour; '+' is no beat
+    path = write_record(tmp_path, "203", samples, symbols, length=2000)
+    plain = read_record(path, 0, WindowConfig())
+    rhythm = read_record(path, 0, WindowConfig(), rhythm=True)
+    assert rhythm.x.shape == (4, 1, 184) and rhythm.y.tolist() == plain.y.tolist()
+    np.testing.assert_array_equal(rhythm.x[..., :180], plain.x)
+    np.testing.assert_array_equal(rhythm.x[:, 0, 180:], rr_features(np.array([50, 400, 700, 1300, 1910]))[1:])
 
 
 def test_minmax_scale_is_per_window() -> None:
@@ -180,6 +206,19 @@ def test_prepare_writes_shards_test_and_manifest(record_dir: Path, tmp_path: Pat
         total += len(beats)
     assert total == written.windows_total == sum(written.class_counts.values())
     assert not list(out.glob("*.tmp"))
+
+
+def test_prepare_with_rhythm_writes_longer_windows_the_same_beats_and_records_it(
+    record_dir: Path, tmp_path: Path
+) -> None:
+    plain = prepare(record_dir, tmp_path / "plain", PrepareConfig(clients=3))
+    rhythm = prepare(record_dir, tmp_path / "rhythm", PrepareConfig(clients=3, rhythm=True))
+    assert Manifest.read(tmp_path / "rhythm").settings.rhythm and not plain.settings.rhythm
+    for name in plain.files:
+        a, b = load_beats(tmp_path / "plain" / name), load_beats(tmp_path / "rhythm" / name)
+        assert b.x.shape[1:] == (1, 184) and b.y.tolist() == a.y.tolist()  # the same beats, split the same way
+        np.testing.assert_array_equal(b.x[..., :180], a.x)
+    assert rhythm.class_counts == plain.class_counts
 
 
 def test_prepare_is_reproducible_with_the_same_seed(record_dir: Path, tmp_path: Path) -> None:

@@ -84,6 +84,46 @@ def test_client_reads_a_directory_of_wfdb_records(tmp_path: Path, task_identity)
     assert reply.content["metrics"]["num-examples"] == 25
 
 
+def _rhythm_message() -> Message:
+    content = RecordDict(
+        {
+            "arrays": ArrayRecord(build_model(0, rhythm=True).state_dict()),
+            "config": ConfigRecord({"server-round": 1}),
+        }
+    )
+    return Message(content, dst_node_id=7, message_type="train")
+
+
+def test_a_model_with_rhythm_features_trains_on_records_and_shards_prepared_with_them(
+    tmp_path: Path, task_identity
+) -> None:
+    from common.data import read_records
+
+    records = write_dataset(tmp_path / "hospital", records=2)
+    reply = train_round(_rhythm_message(), _context(records, max_train_windows=25))  # records: windowed as sent
+    assert reply.content["arrays"]["classifier.1.weight"].numpy().shape == (256, 1408 + 4)
+    save_beats(tmp_path / "rhythm.npz", read_records(records, rhythm=True))
+    assert train_round(_rhythm_message(), _context(tmp_path / "rhythm.npz")).content["metrics"]["num-examples"] > 0
+
+
+@pytest.mark.parametrize("rhythm_model", [True, False])
+def test_a_shard_prepared_otherwise_than_the_model_reads_is_named_not_trained(
+    tmp_path: Path, task_identity, rhythm_model: bool
+) -> None:
+    from common.data import read_records
+
+    records = write_dataset(tmp_path / "hospital", records=2)
+    save_beats(tmp_path / "shard.npz", read_records(records, rhythm=not rhythm_model))
+    message = _rhythm_message() if rhythm_model else _train_message()
+    needed = r"--rhythm \(window \+ RR features\)" if rhythm_model else "without --rhythm"
+    with pytest.raises(
+        DataError,
+        match=rf"shard\.npz: windows of {184 if not rhythm_model else 180} values, but "
+        rf"the run's model reads {184 if rhythm_model else 180}: prepare this node's shard {needed}",
+    ):
+        train_round(message, _context(tmp_path / "shard.npz"))
+
+
 def test_client_refuses_a_bad_shard(tmp_path: Path, task_identity) -> None:
     np.savez(tmp_path / "bad.npz", x=np.zeros((5, 1, 180), np.float32), y=np.array([0, 1, 2, 3, 9]))
     with pytest.raises(DataError, match=r"bad\.npz: labels must lie in 0\.\.4"):
@@ -194,9 +234,9 @@ def test_client_reads_the_lead_its_node_config_names(tmp_path: Path) -> None:
     from common.data import read_records
 
     records = write_dataset(tmp_path / "hospital", records=2)  # two leads: MLII, V1
-    second = load_local_data(NodeConfig(data_path=records, lead="V1"))
+    second = load_local_data(NodeConfig(data_path=records, lead="V1"), EcgCnn())
     np.testing.assert_array_equal(second.x, read_records(records, lead="V1").x)
-    assert not np.array_equal(second.x, load_local_data(NodeConfig(data_path=records)).x)
+    assert not np.array_equal(second.x, load_local_data(NodeConfig(data_path=records), EcgCnn()).x)
 
 
 def test_the_final_model_is_written_where_results_name_it(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ from common.attacks import build_attacks, perturb
 from common.config import AttackSuite, EvalConfig, PgdConfig, PrepareConfig, StandardAttackConfig, TrainConfig
 from common.data import Beats, load_beats, prepare, save_beats
 from common.metrics import classification_metrics, evaluate, evaluate_standard
-from common.model import EcgCnn, PairMaxPool, build_model
+from common.model import EcgCnn, PairMaxPool, build_model, reads_rhythm
 from common.train import proximal_distance, train
 from ecg_fat.cli import main
 from tests.conftest import synthetic_beats
@@ -24,6 +24,37 @@ def test_model_has_the_papers_parameter_count_and_shape() -> None:
     model = EcgCnn()
     assert sum(p.numel() for p in model.parameters()) == 410_021
     assert model(torch.zeros(7, 1, 180)).shape == (7, 5)
+
+
+def test_the_rhythm_model_reads_its_rr_features_and_is_the_papers_cnn_otherwise() -> None:
+    paper, rhythm = build_model(0), build_model(0, rhythm=True)
+    assert sum(p.numel() for p in rhythm.parameters()) == 410_021 + 4 * 256  # the first dense layer's new inputs
+    assert reads_rhythm(rhythm.state_dict()) and not reads_rhythm(paper.state_dict())
+    # Built as the probe built it: the same seed gives the paper's weights everywhere but that layer.
+    same = {k for k, v in paper.state_dict().items() if torch.equal(v, rhythm.state_dict()[k])}
+    assert set(paper.state_dict()) - same == {"classifier.1.weight", "classifier.1.bias"}
+    x = torch.rand(8, 1, 184)
+    moved = x.clone()
+    moved[:, 0, 180:] = torch.rand(8, 4)  # the same windows, another rhythm
+    with torch.no_grad():
+        assert not torch.allclose(rhythm(x), rhythm(moved))
+
+
+@pytest.mark.parametrize(("rhythm", "length"), [(False, 184), (True, 180), (False, 179)])
+def test_inputs_of_another_length_are_refused_not_read(rhythm: bool, length: int) -> None:
+    """184 values pool to the paper's 11 positions as 180 do: without the check a shard with RR features would
+    train the paper's CNN on them as if they were samples, and a plain shard would feed the rhythm model."""
+    with pytest.raises(ValueError, match=f"reads inputs of {184 if rhythm else 180} values .* got {length}"):
+        EcgCnn(rhythm=rhythm)(torch.zeros(2, 1, length))
+
+
+def test_the_attacks_perturb_the_rhythm_features_within_the_budget() -> None:
+    model = build_model(0, rhythm=True).eval()
+    x, y = torch.rand(16, 1, 184), torch.randint(0, 5, (16,))
+    adversarial = perturb(build_attacks(model, AttackSuite())["pgd"], x, y)
+    change = (adversarial - x).abs()
+    assert change.max() <= 8 / 255 + 1e-6 and change[:, 0, 180:].max() > 0  # the features are input too
+    assert adversarial.min() >= 0 and adversarial.max() <= 1
 
 
 @pytest.mark.parametrize("length", [180, 45, 5])  # 45 and 5: the odd lengths whose last sample is dropped
@@ -266,6 +297,23 @@ def test_evaluate_cli_scores_saved_weights(tmp_path: Path, capsys: pytest.Captur
     assert main([*args, "--conditions", "clean", "--json", str(tmp_path / "x.json")]) == 0
     exported = json.loads((tmp_path / "x.json").read_text())["results"]["clean"]
     assert exported["confusion"] == saved["results"]["clean"]["confusion"]
+
+
+def test_train_local_on_rhythm_data_trains_the_rhythm_model_and_evaluate_refuses_plain_windows(
+    record_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    prepare(record_dir, tmp_path / "plain", PrepareConfig(clients=2))
+    assert (
+        main(["prepare", "--mitdb", str(record_dir), "--out", str(tmp_path / "rr"), "--clients", "2", "--rhythm"]) == 0
+    )
+    train_args = ["train-local", "--data", str(tmp_path / "rr"), "--epochs", "1", "--no-adversarial"]
+    assert main([*train_args, "--conditions", "clean", "--save", str(tmp_path / "m.pt")]) == 0
+    assert reads_rhythm(torch.load(tmp_path / "m.pt", weights_only=True))
+    args = ["evaluate", "--model", str(tmp_path / "m.pt"), "--conditions", "clean", "--test"]
+    assert main([*args, str(tmp_path / "rr" / "test.npz")]) == 0
+    capsys.readouterr()
+    assert main([*args, str(tmp_path / "plain" / "test.npz")]) == 2
+    assert "test.npz: windows of 180 values, but --model reads 184" in capsys.readouterr().err
 
 
 def test_evaluate_cli_names_a_bad_model_file(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

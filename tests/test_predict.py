@@ -25,6 +25,7 @@ from ecg_fat.bench import write_synthetic_records
 from ecg_fat.cli import main
 from ecg_fat.predict import Classifier, read_beats
 from server.results import Results
+from tests.conftest import write_record
 
 WINDOW = PrepareConfig().window
 
@@ -110,8 +111,8 @@ def test_a_record_at_another_rate_is_resampled_to_360_hz(records: Path, weights:
     assert len(resampled.samples) == len(original.samples)
     assert np.abs(resampled.samples - original.samples).max() <= 2
     classifier = Classifier(weights)
-    same = classifier.probabilities(resampled.windows).argmax(1) == classifier.probabilities(original.windows).argmax(1)
-    assert same.mean() >= 0.95
+    slow_classes = classifier.probabilities(resampled.windows, resampled.rhythm).argmax(1)
+    assert (slow_classes == classifier.probabilities(original.windows, original.rhythm).argmax(1)).mean() >= 0.95
 
 
 def test_export_gives_the_state_dicts_outputs_and_carries_its_settings(
@@ -120,12 +121,13 @@ def test_export_gives_the_state_dicts_outputs_and_carries_its_settings(
     out = tmp_path / "export"
     assert main(["export", "--model", str(weights), "--out", str(out), "--lead", "MLII"]) == 0
     state = Classifier(weights)
-    raw = read_beats(records / "101", 0, WINDOW).windows
+    beats = read_beats(records / "101", 0, WINDOW)
+    raw = beats.windows
     raw[3] = 0.7  # a flat window scales to zeros in both
     program = torch.export.load(str(out / "model.pt2")).module()  # no ECG-FAT code needed to use it
     with torch.no_grad():
         probabilities = torch.softmax(program(torch.from_numpy(raw)), dim=1).numpy()
-    np.testing.assert_allclose(probabilities, state.probabilities(raw), atol=1e-5)
+    np.testing.assert_allclose(probabilities, state.probabilities(raw, beats.rhythm), atol=1e-5)
     settings = json.loads((out / "settings.json").read_text())
     assert settings["classes"] == list(AAMI_CLASSES) and settings["aami_map"] == AAMI_MAP
     assert settings["preprocessing"]["lead"] == "MLII" and settings["preprocessing"]["sampling_rate_hz"] == 360
@@ -236,3 +238,44 @@ def test_mit_bih_record_100(mitdb: Path, weights: Path, tmp_path: Path) -> None:
         shutil.copy2(mitdb / f"100{suffix}", bare)
     detected = read_beats(bare / "100", 0, WINDOW)
     assert abs(len(detected.samples) - 2271) <= 5  # XQRS on real ECG finds every beat
+
+
+@pytest.fixture(scope="module")
+def rhythm_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A rhythm model whose RR features weigh heavily, so that features computed otherwise than prepare
+    computes them would change its probabilities far beyond the tolerance."""
+    state = build_model(0, rhythm=True).state_dict()
+    state["classifier.1.weight"][:, 180 // 16 * 128 :] *= 50
+    path = tmp_path_factory.mktemp("rhythm") / "weights.pt"
+    torch.save(state, path)
+    return path
+
+
+def test_a_rhythm_model_predicts_and_exports_with_the_features_prepare_gives(
+    rhythm_weights: Path, tmp_path: Path
+) -> None:
+    samples = np.cumsum(np.random.default_rng(0).integers(150, 450, size=60))  # an irregular rhythm
+    record = write_record(tmp_path, "300", samples, ["N", "A", "V", "N"] * 15, length=int(samples[-1]) + 200)
+    out = tmp_path / "beats.csv"
+    assert main(["predict", "--model", str(rhythm_weights), "--record", str(record), "--out", str(out)]) == 0
+    training = read_record(record, 0, WINDOW, rhythm=True)  # the windows and features a shard holds
+    model = build_model(0, rhythm=True)
+    model.load_state_dict(torch.load(rhythm_weights, weights_only=True))
+    with torch.no_grad():
+        expected = torch.softmax(model.eval()(torch.from_numpy(training.x)), 1).numpy()
+        without_rhythm = training.x.copy()
+        without_rhythm[..., 180:] = 0.5  # a regular rhythm's features
+        assert np.abs(torch.softmax(model(torch.from_numpy(without_rhythm)), 1).numpy() - expected).max() > 0.01
+    got = np.array([[float(r[f"p_{c}"]) for c in AAMI_CLASSES] for r in read_rows(out)])
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+
+    export = tmp_path / "export"
+    assert main(["export", "--model", str(rhythm_weights), "--out", str(export)]) == 0
+    settings = json.loads((export / "settings.json").read_text())
+    assert "(n, 1, 184)" in settings["input"] and "4 RR features" in settings["input"]
+    assert settings["preprocessing"]["rhythm"].startswith("RHYTHM_FEATURES per beat from the sorted positions")
+    beats = read_beats(record, 0, WINDOW)
+    program = torch.export.load(str(export / "model.pt2")).module()
+    with torch.no_grad():
+        raw = torch.from_numpy(np.concatenate([beats.windows, beats.rhythm[:, None, :]], axis=-1))
+        np.testing.assert_allclose(torch.softmax(program(raw), 1).numpy(), expected, atol=1e-5)

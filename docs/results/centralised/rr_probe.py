@@ -1,4 +1,4 @@
-"""Does a beat's rhythm carry S across patients? A probe, not a product option (yet).
+"""Does a beat's rhythm carry S across patients? The probe that made `prepare --rhythm` a product option.
 
     python docs/results/centralised/rr_probe.py --mitdb ../shared/data/mitdb --out OUT [--seed 0]
     python docs/results/centralised/rr_probe.py ... --fat --max-train-windows 20000 --max-test-windows 5000
@@ -10,8 +10,10 @@ same window with four RR-interval features of its beat appended (previous and ne
 RRs, each over the record's mean RR, and previous over local; halved and clipped to [0, 1], the range the
 attacks clamp to). The CNN reads the window; the features join its flattened output before the dense layers
 (1,024 more weights). A premature beat is what makes a beat S, and a 180-sample window (0.5 s) holds at most
-part of the RR interval before it. Writes OUT/ARM/metrics.json (the metrics of `ecg-fat evaluate`, per condition;
-`python docs/results/centralised/table.py OUT` tabulates them) and prints a line per arm and condition.
+part of the RR interval before it. The features and the model are now the product's (`common.data.rr_features`,
+`EcgCnn(rhythm=True)`, `prepare --rhythm`), built as this probe built them. Writes OUT/ARM/metrics.json (the
+metrics of `ecg-fat evaluate`, per condition; `python docs/results/centralised/table.py OUT` tabulates them) and
+prints a line per arm and condition.
 """
 
 from __future__ import annotations
@@ -21,65 +23,22 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from common.config import AAMI_MAP, AUTO_LEAD, DS1_RECORDS, DS2_RECORDS, EvalConfig, TrainConfig, WindowConfig
-from common.data import Beats, lead_index, read_annotations, read_header, read_signal, window_beats
+from common.config import DS1_RECORDS, DS2_RECORDS, EvalConfig, TrainConfig, WindowConfig
+from common.data import Beats, read_records
 from common.metrics import evaluate
 from common.model import EcgCnn
 from common.runtime import tune_allocator
 from common.train import train
 
-RR_FEATURES = 4
 WINDOW = WindowConfig()
 
 
-def rr_features(samples: np.ndarray) -> np.ndarray:
-    """Four rhythm features per beat, from the beats' sample positions in one record."""
-    rr = np.diff(samples).astype(np.float64)
-    previous = np.concatenate([[rr[0]], rr])  # the first beat has no previous RR: its next one stands in
-    following = np.concatenate([rr, [rr[-1]]])
-    last_ten = np.minimum(np.arange(1, len(previous) + 1), 10)  # fewer at the record's start
-    local = np.convolve(previous, np.ones(10))[: len(previous)] / last_ten
-    mean = rr.mean()
-    features = np.stack([previous / mean, following / mean, local / mean, previous / local], axis=1)
-    return np.clip(features / 2, 0, 1).astype(np.float32)
-
-
-def read_with_rr(record: Path) -> tuple[Beats, np.ndarray]:
-    """The record's windows as `ecg-fat prepare` cuts them (auto lead), and their beats' RR features."""
-    header = read_header(record)
-    signal = read_signal(record, header, lead_index(header, AUTO_LEAD, record.with_suffix(".hea")))
-    annotation = read_annotations(record, len(signal))
-    samples, symbols = np.asarray(annotation.sample), annotation.symbol
-    beats = np.array([symbol in AAMI_MAP for symbol in symbols])
-    features = rr_features(samples[beats])  # neighbours are beats, whether or not their windows fit
-    inside = (samples - WINDOW.before >= 0) & (samples + WINDOW.after <= len(signal))
-    x, y = window_beats(signal, samples, symbols, WINDOW)
-    return Beats(x, y, np.full(len(y), record.name)), features[inside[beats]]
-
-
-class RrCnn(EcgCnn):
-    """The paper's CNN on the window; the RR features (the last samples of the input) join before the dense
-    layers. One input tensor, so the training loop and the attacks take it unchanged."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        first = self.classifier[1]
-        self.classifier[1] = torch.nn.Linear(first.in_features + RR_FEATURES, first.out_features)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        window, rhythm = x[..., : WINDOW.length], x[:, 0, WINDOW.length :]
-        return self.classifier(torch.cat([self.features(window).flatten(1), rhythm], dim=1))
-
-
 def load(mitdb: Path, records: tuple[str, ...]) -> tuple[Beats, Beats]:
-    """The records' windows alone, and with their RR features appended (read once for every arm)."""
-    parts = [read_with_rr(mitdb / name) for name in records]
-    window = Beats.concat([beats for beats, _ in parts])
-    rr = np.concatenate([features for _, features in parts])
-    return window, Beats(np.concatenate([window.x, rr[:, None, :]], axis=2), window.y, window.record)
+    """The records' windows alone, and with their RR features appended (`prepare --rhythm`'s windows)."""
+    with_rr = read_records(mitdb, names=records, rhythm=True)
+    return Beats(with_rr.x[..., : WINDOW.length].copy(), with_rr.y, with_rr.record), with_rr
 
 
 def main() -> None:
@@ -108,7 +67,7 @@ def main() -> None:
         train_set = training[with_rr].subsample(args.max_train_windows, args.seed)
         test = testing[with_rr].subsample(args.max_test_windows, 0)  # the same windows for every arm
         torch.manual_seed(args.seed)
-        model = RrCnn() if with_rr else EcgCnn()
+        model = EcgCnn(rhythm=with_rr)
         cfg = TrainConfig(adversarial=args.fat, class_weights=weights, sampling=sampling, seed=args.seed)
         start = time.perf_counter()
         train(model, train_set, cfg, torch.device("cpu"))
