@@ -23,7 +23,7 @@ from certs.make_certs import make_all, node_key_path
 from common.config import CONDITIONS, FederationConfig, PrepareConfig
 from common.data import TEST_FILE, Beats, client_file, load_beats, prepare, save_beats
 from common.metrics import evaluate
-from common.model import EcgCnn
+from common.model import EcgCnn, reads_rhythm
 from ecg_fat.cli import main
 from ecg_fat.launcher import LocalFederation, descendants
 from ecg_fat.supernode import NOT_REGISTERED
@@ -144,6 +144,23 @@ def test_federate_command_end_to_end(
     assert (tmp_path / ".ecg-fat" / "certs" / "ca.crt").is_file()  # the default workdir, in the current directory
     leftovers = subprocess.run(["pgrep", "-f", str(tmp_path / ".ecg-fat")], capture_output=True, text=True).stdout
     assert leftovers == ""  # every process it started is gone
+
+
+def test_federate_with_rhythm_from_records(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`federate --mitdb RECORDS --rhythm`, as the inter-patient runs use it: the shards carry the RR features,
+    every node trains the rhythm model it is sent, and the final model is one."""
+    write_dataset(tmp_path / "records", records=6, beats_per_record=60)
+    monkeypatch.chdir(tmp_path)
+    nodes = ["--nodes", "2", "--nodes-per-round", "2", "--rounds", "1", "--local-epochs", "1"]
+    small = ["--max-train-windows", "80", "--max-test-windows", "80", "--pgd-steps", "2", "--cw-steps", "2"]
+    paths = ["--workdir", "work", "--results", "results"]
+    code = main(["federate", "--mitdb", "records", "--rhythm", *nodes, *small, "--bim-steps", "2", *paths])
+    assert code == 0
+    assert load_beats(tmp_path / "work" / "data" / client_file(0)).x.shape[-1] == 184
+    clients = Results(tmp_path / "results").read_jsonl("clients")
+    assert [row["status"] for row in clients] == ["ok", "ok"]
+    final = torch.load(tmp_path / "results" / "final_model.pt", weights_only=True)
+    assert reads_rhythm(final)
 
 
 # ----------------------------------------------------------------------------- trust and faults
