@@ -18,6 +18,7 @@
 # are most of a baseline's time: they took 4,704 s of the inter-patient baseline (README.md here). FAT on
 # inter-patient took about 2 h (in three launches; the five conditions 4,429 s of it).
 # ARMS="baseline" runs one arm only (default: both); FLAGS="..." are appended to every `ecg-fat federate`.
+# inter-patient/fat-rhythm/ is FLAGS="--rhythm" ARMS=fat on inter-patient, moved beside the others (README.md here).
 set -euo pipefail
 out=${1:?usage: run.sh OUT [SPLIT...]}
 shift
