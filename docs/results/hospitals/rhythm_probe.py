@@ -17,18 +17,19 @@ test set it was evaluated on (WORKDIR/data/test.npz, windows of 184 values). Pri
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
 from common.attacks import cw, perturb, pgd
-from common.config import RHYTHM_FEATURES, AttackSuite, EvalConfig, WindowConfig
-from common.data import load_beats
-from common.model import EcgCnn
+from common.config import AAMI_CLASSES, RHYTHM_FEATURES, AttackSuite, EvalConfig, WindowConfig
+from common.data import DataError, load_beats
+from common.metrics import predict
+from ecg_fat.predict import Classifier, ModelError
 
 WINDOW = WindowConfig().length
-CLASSES = "NSVFQ"
 
 
 class WindowOnly(nn.Module):
@@ -48,8 +49,7 @@ def probabilities(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> int:
-    with torch.inference_mode():
-        return int((model(x).argmax(1) == y).sum())
+    return int((predict(model, x, len(x)) == y).sum())
 
 
 def main() -> None:
@@ -59,9 +59,14 @@ def main() -> None:
     parser.add_argument("--windows", type=int, default=5120, help="random test windows attacked (default 5120)")
     args = parser.parse_args()
     torch.manual_seed(0)
-    model = EcgCnn(rhythm=True)
-    model.load_state_dict(torch.load(args.checkpoint, weights_only=True))
-    model.eval()
+    try:  # the product's loader: weights only, and a bad file is one line naming it
+        model, beats = Classifier(Path(args.checkpoint)).module, load_beats(Path(args.test))
+    except (ModelError, DataError) as error:
+        parser.error(str(error))
+    if not model.rhythm:
+        parser.error(f"{args.checkpoint}: weights of a model without RR features (not a --rhythm run)")
+    if beats.x.shape[-1] != model.input_length:
+        parser.error(f"{args.test}: windows of {beats.x.shape[-1]} values, a --rhythm model reads {model.input_length}")
     norms = model.classifier[1].weight.detach().norm(dim=0)
     conv, rr = norms[:-RHYTHM_FEATURES], norms[-RHYTHM_FEATURES:]
     print(
@@ -69,10 +74,9 @@ def main() -> None:
         f"RR features {', '.join(f'{v:.2f}' for v in rr)}"
     )
 
-    beats = load_beats(args.test)
     x, y = torch.from_numpy(beats.x), torch.as_tensor(beats.y)
     p = probabilities(model, x)
-    for c, name in enumerate(CLASSES):
+    for c, name in enumerate(AAMI_CLASSES):
         if (m := y == c).any():
             print(
                 f"{name}: {int(m.sum())} beats, mean P(S) {p[m, 1].mean():.4f}, mean P(N) {p[m, 0].mean():.4f}, "
