@@ -288,6 +288,18 @@ class TrainConfig(_Settings):
         "as many drawn with replacement, each class equally likely; sqrt-balanced = each window's chance "
         "proportional to the square root of its class's balanced weight",
     )
+    # Beyond the paper (off by default): a node without S beats, trained with the plain loss, pushes S's logit down
+    # and FedAvg carries that into the global model (docs/results/hospitals). The logit-adjusted loss (Menon et al.,
+    # 2021) trains on logits + tau x log(the node's class frequencies), so a class the node holds few of is not
+    # pushed down for being rare there, and one it holds none of not at all; the model's own logits are read
+    # unchanged (balanced error).
+    logit_adjustment: float = Field(
+        0.0,
+        ge=0.0,
+        description="logit-adjusted loss: tau x log(the node's own class frequencies) added to the logits of "
+        "every cross-entropy term in training, a class the node holds none of left out of its softmax; never at "
+        "test or in the attack (0: off, the paper's loss)",
+    )
     # Beyond the paper (off by default): FedProx (Li et al., 2020) against the client drift measured on hospitals
     # that hold whole records (docs/results/hospitals).
     proximal_mu: float = Field(
@@ -302,6 +314,8 @@ class TrainConfig(_Settings):
     def _options_that_apply(self) -> TrainConfig:
         if self.objective == "trades" and not self.adversarial:
             raise ValueError("objective trades is adversarial training: it cannot be combined with adversarial false")
+        if self.logit_adjustment and self.class_weights != "none":
+            raise ValueError("logit-adjustment and class-weights both correct the class imbalance: set one of them")
         if self.weighted_half == "clean" and (self.class_weights == "none" or self.objective != "concat"):
             raise ValueError("weighted-half clean needs class-weights balanced or sqrt-balanced and objective concat")
         return self

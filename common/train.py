@@ -39,6 +39,19 @@ def class_weights(labels: np.ndarray, how: str) -> torch.Tensor | None:
     return torch.tensor(np.sqrt(weights) if how == "sqrt-balanced" else weights, dtype=torch.float32)
 
 
+def logit_offsets(labels: np.ndarray, tau: float) -> torch.Tensor | None:
+    """What the logit-adjusted loss adds to the logits: tau x log of the node's class frequencies, and minus
+    infinity for a class the node holds none of, which leaves it out of the node's softmax (Li and Zhan's
+    restricted softmax, 2021): its output then gets no gradient at all. Any finite offset would still give it
+    a small gradient of constant sign, and Adam, which divides by the gradient's scale, would push that class
+    down at its full rate (tests/test_model_attacks_training.py)."""
+    if not tau:
+        return None
+    counts = np.bincount(labels, minlength=NUM_CLASSES)
+    log_frequency = np.log(counts / counts.sum(), out=np.full(NUM_CLASSES, -np.inf), where=counts > 0)
+    return torch.tensor(tau * log_frequency, dtype=torch.float32)
+
+
 def to_tensors(beats: Beats, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.from_numpy(beats.x).to(device), torch.from_numpy(beats.y).to(device)
 
@@ -46,14 +59,20 @@ def to_tensors(beats: Beats, device: torch.device) -> tuple[torch.Tensor, torch.
 Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def make_objective(model: nn.Module, cfg: TrainConfig, weights: torch.Tensor | None) -> tuple[Attack | None, Loss]:
+def make_objective(
+    model: nn.Module, cfg: TrainConfig, weights: torch.Tensor | None, offsets: torch.Tensor | None = None
+) -> tuple[Attack | None, Loss]:
     """The attack that makes x' (none for clean training) and the loss of a batch's logits given its labels: for
     adversarial training the logits are those of concat(x, x') and the labels those of x. Algorithm 1: PGD on
     cross-entropy, then cross-entropy on both halves, class-weighted on both or on the clean half only; TRADES:
-    PGD on the KL term, then cross-entropy on x + beta x KL(f(x) || f(x'))."""
+    PGD on the KL term, then cross-entropy on x + beta x KL(f(x) || f(x')). `offsets` (the logit-adjusted loss)
+    are added to the logits of every cross-entropy term; the attack and TRADES' KL see the model's own logits."""
 
     def clean(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(logits, y, weight=weights)
+        return F.cross_entropy(logits if offsets is None else logits + offsets, y, weight=weights)
+
+    def unweighted(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits if offsets is None else logits + offsets, y)
 
     if not cfg.adversarial:
         return None, clean
@@ -69,7 +88,7 @@ def make_objective(model: nn.Module, cfg: TrainConfig, weights: torch.Tensor | N
 
         def clean_half_weighted(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
             natural, adversarial = logits.chunk(2)
-            return (clean(natural, y) + F.cross_entropy(adversarial, y)) / 2
+            return (clean(natural, y) + unweighted(adversarial, y)) / 2
 
         return pgd(model, cfg.pgd), clean_half_weighted
     return pgd(model, cfg.pgd), lambda logits, y: clean(logits, torch.cat([y, y]))
@@ -104,7 +123,10 @@ def train(
     x, y = to_tensors(beats, device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     weights = class_weights(beats.y, cfg.class_weights)
-    attack, loss_fn = make_objective(model, cfg, None if weights is None else weights.to(device))
+    offsets = logit_offsets(beats.y, cfg.logit_adjustment)
+    attack, loss_fn = make_objective(
+        model, cfg, None if weights is None else weights.to(device), None if offsets is None else offsets.to(device)
+    )
     # FedProx's anchor: the weights training starts from (in a federation, the round's global model).
     start = [p.detach().clone() for p in model.parameters()] if cfg.proximal_mu else []
     history = []

@@ -72,6 +72,7 @@ TRAINING = [
     _flag("--objective", "train.objective"),
     _flag("--trades-beta", "train.trades-beta"),
     _flag("--sampling", "train.sampling"),
+    _flag("--logit-adjustment", "train.logit-adjustment"),
     _flag("--max-train-windows", "max-train-windows"),
     MAX_TEST,
     SEED,
