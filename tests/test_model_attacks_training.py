@@ -483,9 +483,70 @@ def test_adversarial_losses_are_their_formulas(objective: str, weighted_half: st
     assert_same_weights(model, reference, atol=5e-5)
 
 
+def test_logit_offsets_are_tau_log_frequencies_and_leave_an_absent_class_out() -> None:
+    from common.train import logit_offsets
+
+    labels = np.array([0] * 50 + [1] * 5 + [2] * 20 + [4] * 1)  # no F (3)
+    offsets = logit_offsets(labels, 0.5)
+    expected = 0.5 * np.log(np.array([50, 5, 20, 1]) / 76)
+    np.testing.assert_allclose(offsets[[0, 1, 2, 4]].numpy(), expected, rtol=1e-6)
+    assert offsets[3].item() == -np.inf
+    assert logit_offsets(labels, 0.0) is None
+
+
+@pytest.mark.parametrize("objective", ["concat", "trades"])
+def test_the_logit_adjusted_loss_is_its_formula_and_never_moves_a_class_the_node_lacks(objective: str) -> None:
+    """Menon et al.'s logit-adjusted cross-entropy inside Algorithm 1 (both halves) or TRADES (its cross-entropy
+    term), written out; the attack and TRADES' KL see the model's own logits. In Algorithm 1 a node without S
+    beats leaves S's output row and bias exactly as they came: with the paper's loss, Adam pushes them down."""
+    import torchattacks
+    from torch.nn.functional import cross_entropy, kl_div, log_softmax, softmax
+
+    beats = synthetic_beats(48)
+    keep = beats.y != 1
+    beats = Beats(beats.x[keep], beats.y[keep], beats.record[keep])
+    tau, pgd_cfg = 1.5, PgdConfig(steps=2)
+    cfg = TrainConfig(epochs=1, batch_size=12, lr=3e-3, seed=2, pgd=pgd_cfg, objective=objective, logit_adjustment=tau)
+    model = build_model(0)
+    train(model, beats, cfg, torch.device("cpu"))
+    reference, optimizer, x, y = written_out(beats, 2)
+    counts = torch.bincount(y, minlength=5).double()
+    offsets = (tau * torch.log(counts / counts.sum())).float()  # -inf for S
+    if objective == "trades":
+        attack = torchattacks.TPGD(reference, eps=pgd_cfg.eps, alpha=pgd_cfg.alpha, steps=2)
+    else:
+        attack = torchattacks.PGD(reference, eps=pgd_cfg.eps, alpha=pgd_cfg.alpha, steps=2, random_start=True)
+    for batch in torch.randperm(len(y)).split(12):
+        adversarial = attack(x[batch], y[batch]).detach()
+        optimizer.zero_grad()
+        natural_logits, adversarial_logits = reference(x[batch]), reference(adversarial)
+        if objective == "trades":
+            kl = kl_div(log_softmax(adversarial_logits, 1), softmax(natural_logits, 1), reduction="batchmean")
+            loss = cross_entropy(natural_logits + offsets, y[batch]) + cfg.trades_beta * kl
+        else:
+            both = torch.cat([natural_logits, adversarial_logits]) + offsets
+            loss = cross_entropy(both, torch.cat([y[batch], y[batch]]))
+        loss.backward()
+        optimizer.step()
+    start, last = build_model(0).classifier[-1], model.classifier[-1]
+    if objective == "trades":
+        # TRADES' KL term has every class in its softmax, so S's row and bias get a gradient near zero there,
+        # which Adam turns into up to lr per step of rounding noise (1e-3 here): those are compared to 3e-3.
+        for written, ran in zip(reference.classifier[-1].parameters(), last.parameters(), strict=True):
+            torch.testing.assert_close(ran[1], written[1], rtol=0, atol=3e-3)
+            ran.data[1] = written.data[1]
+    assert_same_weights(model, reference, atol=5e-5)  # the tolerance of the test above, for the same reason
+    if objective == "concat":
+        assert torch.equal(last.weight[1], start.weight[1]) and torch.equal(last.bias[1], start.bias[1])
+    plain = build_model(0)
+    train(plain, beats, cfg.model_copy(update={"logit_adjustment": 0.0}), torch.device("cpu"))
+    assert plain.classifier[-1].bias[1] < start.bias[1] - 1e-3  # the paper's loss pushes the absent class down
+
+
 @pytest.mark.parametrize(
     ("settings", "named"),
     [
+        ({"logit_adjustment": 1.0, "class_weights": "sqrt-balanced"}, "logit-adjustment and class-weights"),
         ({"weighted_half": "clean"}, "weighted-half clean needs class-weights"),
         ({"weighted_half": "clean", "class_weights": "balanced", "objective": "trades"}, "objective concat"),
         ({"objective": "trades", "adversarial": False}, "objective trades is adversarial training"),
