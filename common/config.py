@@ -300,6 +300,16 @@ class TrainConfig(_Settings):
         "every cross-entropy term in training, a class the node holds none of left out of its softmax; never at "
         "test or in the attack (0: off, the paper's loss)",
     )
+    # A hospital with 1 F beat of 5,222 gives F an offset of log(1/5222) = -8.6: its N beats then hardly keep F's raw
+    # logit down, and the global model called 22% of DS2's N beats F (docs/results/hospitals). A floor caps that.
+    logit_adjustment_floor: float = Field(
+        0.0,
+        ge=0.0,
+        lt=1.0,
+        description="logit-adjusted loss: a class frequency under this is raised to it before the log, so a class "
+        "a node holds a handful of is not freed of its N beats' pull (0: no floor; a class the node lacks stays "
+        "out of its softmax)",
+    )
     # Beyond the paper (off by default): FedProx (Li et al., 2020) against the client drift measured on hospitals
     # that hold whole records (docs/results/hospitals).
     proximal_mu: float = Field(
@@ -316,6 +326,8 @@ class TrainConfig(_Settings):
             raise ValueError("objective trades is adversarial training: it cannot be combined with adversarial false")
         if self.logit_adjustment and self.class_weights != "none":
             raise ValueError("logit-adjustment and class-weights both correct the class imbalance: set one of them")
+        if self.logit_adjustment_floor and not self.logit_adjustment:
+            raise ValueError("logit-adjustment-floor needs logit-adjustment above 0")
         if self.weighted_half == "clean" and (self.class_weights == "none" or self.objective != "concat"):
             raise ValueError("weighted-half clean needs class-weights balanced or sqrt-balanced and objective concat")
         return self

@@ -39,8 +39,9 @@ def class_weights(labels: np.ndarray, how: str) -> torch.Tensor | None:
     return torch.tensor(np.sqrt(weights) if how == "sqrt-balanced" else weights, dtype=torch.float32)
 
 
-def logit_offsets(labels: np.ndarray, tau: float) -> torch.Tensor | None:
-    """What the logit-adjusted loss adds to the logits: tau x log of the node's class frequencies, and minus
+def logit_offsets(labels: np.ndarray, tau: float, floor: float = 0.0) -> torch.Tensor | None:
+    """What the logit-adjusted loss adds to the logits: tau x log of the node's class frequencies (each raised to
+    `floor` first), and minus
     infinity for a class the node holds none of, which leaves it out of the node's softmax (Li and Zhan's
     restricted softmax, 2021): its output then gets no gradient at all. Any finite offset would still give it
     a small gradient of constant sign, and Adam, which divides by the gradient's scale, would push that class
@@ -48,7 +49,8 @@ def logit_offsets(labels: np.ndarray, tau: float) -> torch.Tensor | None:
     if not tau:
         return None
     counts = np.bincount(labels, minlength=NUM_CLASSES)
-    log_frequency = np.log(counts / counts.sum(), out=np.full(NUM_CLASSES, -np.inf), where=counts > 0)
+    frequency = np.maximum(counts / counts.sum(), floor)
+    log_frequency = np.log(frequency, out=np.full(NUM_CLASSES, -np.inf), where=counts > 0)
     return torch.tensor(tau * log_frequency, dtype=torch.float32)
 
 
@@ -123,7 +125,7 @@ def train(
     x, y = to_tensors(beats, device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     weights = class_weights(beats.y, cfg.class_weights)
-    offsets = logit_offsets(beats.y, cfg.logit_adjustment)
+    offsets = logit_offsets(beats.y, cfg.logit_adjustment, cfg.logit_adjustment_floor)
     attack, loss_fn = make_objective(
         model, cfg, None if weights is None else weights.to(device), None if offsets is None else offsets.to(device)
     )

@@ -73,6 +73,7 @@ TRAINING = [
     _flag("--trades-beta", "train.trades-beta"),
     _flag("--sampling", "train.sampling"),
     _flag("--logit-adjustment", "train.logit-adjustment"),
+    _flag("--logit-adjustment-floor", "train.logit-adjustment-floor"),
     _flag("--max-train-windows", "max-train-windows"),
     MAX_TEST,
     SEED,
