@@ -39,13 +39,12 @@ def class_weights(labels: np.ndarray, how: str) -> torch.Tensor | None:
     return torch.tensor(np.sqrt(weights) if how == "sqrt-balanced" else weights, dtype=torch.float32)
 
 
-def logit_offsets(labels: np.ndarray, tau: float, floor: float = 0.0) -> torch.Tensor | None:
-    """What the logit-adjusted loss adds to the logits: tau x log of the node's class frequencies (each raised to
-    `floor` first), and minus
-    infinity for a class the node holds none of, which leaves it out of the node's softmax (Li and Zhan's
-    restricted softmax, 2021): its output then gets no gradient at all. Any finite offset would still give it
-    a small gradient of constant sign, and Adam, which divides by the gradient's scale, would push that class
-    down at its full rate (tests/test_model_attacks_training.py)."""
+def logit_offsets(labels: np.ndarray, tau: float, floor: float) -> torch.Tensor | None:
+    """What the logit-adjusted loss adds to the logits: tau x log of the node's class frequencies, each raised
+    to `floor` first, and minus infinity for a class the node holds none of, which leaves it out of the node's
+    softmax (Li and Zhan's restricted softmax, 2021): its output then gets no gradient at all. Any finite offset
+    would still give it a small gradient of constant sign, and Adam, which divides by the gradient's scale,
+    would push that class down at its full rate (tests/test_model_attacks_training.py)."""
     if not tau:
         return None
     counts = np.bincount(labels, minlength=NUM_CLASSES)

@@ -489,11 +489,11 @@ def test_logit_offsets_are_tau_log_frequencies_and_leave_an_absent_class_out() -
     from common.train import logit_offsets
 
     labels = np.array([0] * 50 + [1] * 5 + [2] * 20 + [4] * 1)  # no F (3)
-    offsets = logit_offsets(labels, 0.5)
+    offsets = logit_offsets(labels, 0.5, floor=0.0)
     expected = 0.5 * np.log(np.array([50, 5, 20, 1]) / 76)
     np.testing.assert_allclose(offsets[[0, 1, 2, 4]].numpy(), expected, rtol=1e-6)
     assert offsets[3].item() == -np.inf
-    assert logit_offsets(labels, 0.0) is None
+    assert logit_offsets(labels, 0.0, floor=0.0) is None
     floored = logit_offsets(labels, 0.5, floor=0.1)  # S (5/76) and Q (1/76) raised to 0.1, F still left out
     expected = 0.5 * np.log(np.array([50 / 76, 0.1, 20 / 76, 0.1]))
     np.testing.assert_allclose(floored[[0, 1, 2, 4]].numpy(), expected, rtol=1e-6)
@@ -552,12 +552,8 @@ def test_the_logit_adjusted_loss_is_its_formula_and_never_moves_a_class_the_node
         # which Adam turns into up to lr per step of rounding noise (2e-3 here); the next steps carry it into a
         # few dozen other weights (up to 1e-4). So the two updates are compared as wholes: they differ by 0.2% of
         # their size, and by 26% where the offsets are 1.4 x log frequency instead of 1.5.
-        updates = [
-            torch.cat(
-                [(m.state_dict()[name] - tensor).flatten() for name, tensor in build_model(0).state_dict().items()]
-            )
-            for m in (model, reference)
-        ]
+        initial = build_model(0).state_dict().items()
+        updates = [torch.cat([(m.state_dict()[name] - w).flatten() for name, w in initial]) for m in (model, reference)]
         assert (updates[0] - updates[1]).norm() < 1e-2 * updates[1].norm()
     else:
         assert_same_weights(model, reference, atol=5e-5)  # the tolerance of the test above, for the same reason
