@@ -290,10 +290,12 @@ def test_every_bad_key_is_named_in_one_message() -> None:
 
 
 @pytest.mark.parametrize("value", [float("inf"), float("nan")])
-def test_a_non_finite_setting_is_refused(value: float) -> None:
-    """`ge=0` lets infinity through, and an infinite FedProx weight would turn every weight into NaN."""
-    with pytest.raises(ConfigError, match=r"run config key 'train\.proximal-mu': Input should be a finite number"):
-        FederationConfig.from_run_config({"train.proximal-mu": value})
+@pytest.mark.parametrize("key", ["train.proximal-mu", "train.logit-adjustment-floor"])
+def test_a_non_finite_setting_is_refused(key: str, value: float) -> None:
+    """`ge=0` lets infinity through, and an infinite FedProx weight would turn every weight into NaN; the floor's
+    `lt=1` would refuse NaN as "less than 1", the finite check says what is wrong with it."""
+    with pytest.raises(ConfigError, match=rf"run config key '{key}': Input should be a finite number"):
+        FederationConfig.from_run_config({key: value, "train.logit-adjustment": 1.0})
 
 
 def test_a_zombie_counts_as_stopped_and_a_running_process_does_not() -> None:
