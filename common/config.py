@@ -405,6 +405,19 @@ class FederationConfig(_Settings):
         description="evaluate round r while round r+1 trains (same numbers, written in order); auto: on where "
         "the server evaluates on a GPU (on CPU cores shared with the SuperNodes it only competes with training)",
     )
+    # Beyond the paper (off by default): FedAvgM (Hsu et al., 2019), Flower's FedAvg with server-side momentum. On
+    # whole-record hospitals the global model swings with the five drawn each round (docs/results/hospitals); a
+    # momentum beta with server-lr 1 - beta steps as far as FedAvg on average, along the last rounds' averages.
+    server_momentum: float = Field(
+        0.0,
+        ge=0.0,
+        lt=1.0,
+        description="FedAvgM: the global model moves along momentum x the last step + the round's average update "
+        "(0: off, FedAvg's average)",
+    )
+    server_lr: float = Field(
+        1.0, gt=0.0, description="FedAvgM: the share of that step the global model takes (1 with momentum 0: FedAvg)"
+    )
     train: TrainConfig = TrainConfig()
     evaluate: EvalConfig = EvalConfig()
     defence: DefenceConfig = DefenceConfig()
@@ -424,6 +437,11 @@ class FederationConfig(_Settings):
     def _sample_fits(self) -> FederationConfig:
         if self.nodes_per_round > self.num_nodes:
             raise ValueError(f"nodes-per-round ({self.nodes_per_round}) exceeds num-nodes ({self.num_nodes})")
+        if (self.server_momentum or self.server_lr != 1.0) and self.defence.aggregation != "fedavg":
+            raise ValueError(
+                f"server-momentum and server-lr are FedAvgM's: they need defence.aggregation fedavg "
+                f"(got {self.defence.aggregation})"
+            )
         # Bulyan needs 4f + 3 updates a round, Krum 2f + 3 (Flower's checks), f = defence.assumed-malicious.
         needed = {"bulyan": 4, "krum": 2}.get(self.defence.aggregation)
         if needed and self.nodes_per_round < needed * self.defence.assumed_malicious + 3:

@@ -86,6 +86,8 @@ FEDERATION = [
     _flag("--round-timeout", "round-timeout"),
     _flag("--overlap-evaluation", "overlap-evaluation"),
     _flag("--proximal-mu", "train.proximal-mu"),
+    _flag("--server-momentum", "server-momentum"),
+    _flag("--server-lr", "server-lr"),
 ]
 DEFENCE = [
     _flag("--aggregation", "defence.aggregation"),

@@ -4,6 +4,7 @@
     metrics.csv / .jsonl   one row per round (0 = initial weights) and condition
     clients.csv / .jsonl   one row per round and sampled node: its training metrics, or its failure
     checkpoints/round_NNN.pt   the global model after every round
+    checkpoints/momentum_NNN.pt   FedAvgM's momentum after every round (with server-momentum; to resume with)
     final_model.pt         the global model after the last round
 
 A round counts as complete once its checkpoint exists: the metrics are written first, the checkpoint
@@ -99,6 +100,11 @@ class Results:
     def load_checkpoint(self, server_round: int) -> dict[str, torch.Tensor]:
         return torch.load(self.checkpoint_path(server_round), map_location="cpu", weights_only=True)
 
+    def load_momentum(self, server_round: int) -> list[torch.Tensor] | None:
+        """FedAvgM's momentum after `server_round`, in the model's order (None: no round has aggregated yet)."""
+        path = self.checkpoints / f"momentum_{server_round:03d}.pt"
+        return list(torch.load(path, map_location="cpu", weights_only=True).values()) if path.exists() else None
+
     def _truncate(self, name: str, fields: list[str], last: int) -> None:
         rows = [row for row in self.read_jsonl(name) if row["round"] <= last]
         self._rewrite(name, fields, rows)
@@ -110,6 +116,10 @@ class Results:
 
     def save_checkpoint(self, server_round: int, state: dict[str, torch.Tensor]) -> None:
         write_atomically(self.checkpoint_path(server_round), lambda f: torch.save(state, f))
+
+    def save_momentum(self, server_round: int, state: dict[str, torch.Tensor]) -> None:
+        path = self.checkpoints / f"momentum_{server_round:03d}.pt"
+        write_atomically(path, lambda f: torch.save(state, f))
 
     def save_final(self, state: dict[str, torch.Tensor]) -> None:
         write_atomically(self.dir / FINAL_MODEL, lambda f: torch.save(state, f))

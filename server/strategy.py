@@ -1,10 +1,11 @@
-"""One of Flower's strategies (FedAvg, FedMedian, FedTrimmedAvg, Krum, Bulyan), with the replies checked
+"""One of Flower's strategies (FedAvg, FedAvgM, FedMedian, FedTrimmedAvg, Krum, Bulyan), with the replies checked
 before they are aggregated and each sampled node's reply recorded per round.
 
 The additions to Flower's strategy are the checks (server/validation.py: a reply that fails is dropped and
 recorded as `rejected` with its reason; a round without a valid reply keeps the previous model), the cap on
-the num-examples a reply is weighted with (recorded as `counted-examples`), the per-client rows, and a round
-offset so that a resumed run numbers its rounds on from its checkpoint.
+the num-examples a reply is weighted with (recorded as `counted-examples`), the per-client rows, a round
+offset so that a resumed run numbers its rounds on from its checkpoint, and FedAvgM's momentum kept beside
+the checkpoints so that a resumed run goes on with it.
 """
 
 from __future__ import annotations
@@ -14,9 +15,10 @@ from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
+import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import Bulyan, FedAvg, FedMedian, FedTrimmedAvg, Krum
+from flwr.serverapp.strategy import Bulyan, FedAvg, FedAvgM, FedMedian, FedTrimmedAvg, Krum
 
 from common.config import FederationConfig
 from server.results import Results
@@ -107,7 +109,11 @@ class GuardedStrategy:
             print(f"round {real_round}: no valid update; the global model stays as it was", flush=True)
         for node, weight in counted.items():  # the weight Flower's strategy reads
             accepted[node].content["metrics"]["num-examples"] = weight
-        return super().aggregate_train(real_round, list(accepted.values()))  # type: ignore[misc]
+        aggregated = super().aggregate_train(real_round, list(accepted.values()))  # type: ignore[misc]
+        if isinstance(self, FedAvgM) and self.momentum_vector is not None:
+            momentum = zip(self.global_arrays, self.momentum_vector, strict=True)
+            self.results.save_momentum(real_round, {name: torch.from_numpy(m) for name, m in momentum})
+        return aggregated
 
     def _count(self, real_round: int, accepted: dict[int, Message]) -> dict[int, int]:
         """The num-examples each validated reply is weighted with (check_reply made every claim an integer)."""
@@ -153,12 +159,18 @@ class _InPartitionOrder:
 def make_strategy(cfg: FederationConfig, results: Results, round_offset: int = 0) -> GuardedStrategy:
     """The aggregation the run config names, guarded and recording."""
     defence = cfg.defence
+    momentum = {"server_momentum": cfg.server_momentum, "server_learning_rate": cfg.server_lr}
+    server_opt = cfg.server_momentum > 0 or cfg.server_lr != 1.0
     base, options = {
-        "fedavg": (FedAvg, {}),
+        "fedavg": (FedAvgM, momentum) if server_opt else (FedAvg, {}),
         "median": (FedMedian, {}),
         "trimmed-mean": (FedTrimmedAvg, {"beta": defence.trim_fraction}),
         "krum": (Krum, {"num_malicious_nodes": defence.assumed_malicious}),
         "bulyan": (Bulyan, {"num_malicious_nodes": defence.assumed_malicious}),
     }[defence.aggregation]
     guarded = type(f"Guarded{base.__name__}", (GuardedStrategy, base), {})
-    return guarded(cfg, results, round_offset, **options)
+    strategy = guarded(cfg, results, round_offset, **options)
+    if isinstance(strategy, FedAvgM) and round_offset:
+        saved = results.load_momentum(round_offset)
+        strategy.momentum_vector = None if saved is None else [m.numpy() for m in saved]
+    return strategy

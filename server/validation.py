@@ -1,8 +1,8 @@
 """Every node's update is checked before it can reach the global model.
 
 A reply must hold exactly the two records the ClientApp sends ('arrays' and 'metrics'), the global model's arrays
-(same names, shapes and dtypes) with only finite values, the ClientApp's metrics as finite numbers, and an integer
-num-examples in 1..max-examples; and its update (reply minus the global model) must not be
+(same names in the same order, shapes and dtypes) with only finite values, the ClientApp's metrics as finite
+numbers, and an integer num-examples in 1..max-examples; and its update (reply minus the global model) must not be
 more than norm-factor times as large as the median of the round's other updates. The first reason a reply fails is
 returned; a reply that fails is dropped, never averaged in. A reply that passes is counted with at most
 examples-factor times the median of the others' num-examples: no node can buy the round with a claim.
@@ -31,6 +31,10 @@ def check_reply(reply: Message, global_arrays: dict[str, np.ndarray], cfg: Defen
     if set(arrays) != set(global_arrays):
         missing, extra = sorted(set(global_arrays) - set(arrays)), sorted(set(arrays) - set(global_arrays))
         return f"other arrays than the model's (missing {missing}, unexpected {extra})"
+    # Flower's Bulyan and FedAvgM pair a reply's arrays with the model's by position, and FedAvg names the new global
+    # model's arrays in its first reply's order: a reply in another order would mix up layers of one shape.
+    if list(arrays) != list(global_arrays):
+        return "the model's arrays in another order than the model's"
     for name, expected in global_arrays.items():
         got = arrays[name]
         if got.shape != expected.shape:

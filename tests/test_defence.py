@@ -344,3 +344,12 @@ def test_the_operator_sees_a_capped_claim_in_the_progress_lines(
     lines = [record.getMessage() for record in caplog.records if record.name == "ecg_fat"]
     assert "1000000 windows (counted as 300), loss 0.5000" in lines[0]
     assert all(line.endswith("100 windows, loss 0.5000") for line in lines[1:5])
+
+
+def test_a_reply_with_the_models_arrays_in_another_order_is_rejected(tmp_path: Path, task_identity) -> None:
+    """Flower's FedAvg names the new model's arrays in its first reply's order, Bulyan and FedAvgM pair arrays by
+    position: a reply in another order would reorder the global model or mix up layers of one shape."""
+    reordered = dict(reversed(list(honest(99).items())))
+    arrays, rows = run_round(tmp_path, [(reordered, 100)])
+    assert rows[0]["status"] == "rejected" and "another order" in rows[0]["error"], rows[0]
+    assert list(arrays.keys()) == list(GLOBAL)
