@@ -93,6 +93,15 @@ def test_without_its_saved_momentum_a_resumed_run_would_end_elsewhere(tmp_path: 
     assert not all(np.allclose(resumed[k].numpy(), straight[k].numpy()) for k in straight)
 
 
+def test_a_server_lr_alone_takes_that_share_of_fedavgs_step(tmp_path: Path, task_identity) -> None:
+    half, full = Results(tmp_path / "half"), Results(tmp_path / "full")
+    half.start(_config(server_lr=0.5))
+    full.start(_config())
+    halfway, fedavg = _rounds(_config(server_lr=0.5), half, START, 1, 1), _rounds(_config(), full, START, 1, 1)
+    for name, value in halfway.items():
+        assert torch.allclose(value, (START[name] + fedavg[name]) / 2, atol=1e-7), name
+
+
 @pytest.mark.parametrize("setting", [{"server_momentum": 0.9}, {"server_lr": 0.5}])
 def test_server_momentum_is_fedavgs_and_refused_with_another_aggregation(setting: dict) -> None:
     with pytest.raises(ValueError, match=r"FedAvgM's: they need defence\.aggregation fedavg"):
