@@ -271,6 +271,26 @@ def test_honest_nodes_of_unequal_size_are_averaged_as_fedavg_averages_them(tmp_p
         torch.testing.assert_close(tensor, expected[name], rtol=0, atol=1e-6)
 
 
+def test_the_smallest_and_the_largest_allowed_claims_are_accepted(tmp_path: Path, task_identity) -> None:
+    """num-examples is refused outside 1..max-examples, so a node of one window, and one at the limit, take part."""
+    arrays, rows = run_round(tmp_path, [(honest(0), 1), (honest(1), 1_000_000)], defence={"examples_factor": 1e9})
+    assert [(row["status"], row["counted-examples"]) for row in rows[:2]] == [("ok", 1), ("ok", 1_000_000)]
+    assert arrays is not None
+
+
+def test_without_validation_every_claim_is_counted_as_claimed(tmp_path: Path, task_identity) -> None:
+    """With `validate-updates` off (the poisoning runs' unchecked arm) nothing is capped: the reply that claims
+    10^6 windows is counted, recorded and weighted as it claims (the examples-factor cap belongs to validation)."""
+    claims = [1_000_000, 100, 100, 100, 100]
+    arrays, rows = run_round(
+        tmp_path, [(honest(i), claim) for i, claim in enumerate(claims)], defence={"validate_updates": False}
+    )
+    assert [(row["num-examples"], row["counted-examples"]) for row in rows] == [(c, c) for c in claims]
+    expected = {k: sum(c * honest(i)[k] for i, c in enumerate(claims)) / sum(claims) for k in GLOBAL}
+    for name, tensor in arrays.to_torch_state_dict().items():
+        torch.testing.assert_close(tensor, expected[name], rtol=0, atol=1e-6)
+
+
 @pytest.mark.parametrize("value", ["1", "0.5", "inf"])
 def test_an_examples_factor_that_would_cap_honest_nodes_is_named_and_nothing_starts(
     tmp_path: Path, capsys: pytest.CaptureFixture, value: str

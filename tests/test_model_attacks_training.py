@@ -11,7 +11,15 @@ import torch
 import torchattacks
 
 from common.attacks import build_attacks, perturb
-from common.config import AttackSuite, EvalConfig, PgdConfig, PrepareConfig, StandardAttackConfig, TrainConfig
+from common.config import (
+    NUM_CLASSES,
+    AttackSuite,
+    EvalConfig,
+    PgdConfig,
+    PrepareConfig,
+    StandardAttackConfig,
+    TrainConfig,
+)
 from common.data import Beats, load_beats, prepare, save_beats
 from common.metrics import classification_metrics, evaluate, evaluate_standard
 from common.model import EcgCnn, PairMaxPool, build_model, reads_rhythm
@@ -498,6 +506,16 @@ def test_logit_offsets_are_tau_log_frequencies_and_leave_an_absent_class_out() -
     expected = 0.5 * np.log(np.array([50 / 76, 0.1, 20 / 76, 0.1]))
     np.testing.assert_allclose(floored[[0, 1, 2, 4]].numpy(), expected, rtol=1e-6)
     assert floored[3].item() == -np.inf
+
+
+def test_a_node_without_the_last_class_still_has_an_offset_for_every_class() -> None:
+    """Most inter-patient hospitals hold no Q beat, the last class: five offsets still, Q's minus infinity."""
+    from common.train import logit_offsets
+
+    offsets = logit_offsets(np.array([0] * 8 + [2] * 2), 1.0, floor=0.0)
+    assert offsets.shape == (NUM_CLASSES,)
+    np.testing.assert_allclose(offsets[[0, 2]].numpy(), np.log([0.8, 0.2]), rtol=1e-6)
+    assert offsets[[1, 3, 4]].tolist() == [-np.inf] * 3
 
 
 @pytest.mark.parametrize(("objective", "floor"), [("concat", 0.0), ("trades", 0.0), ("concat", 0.3)])

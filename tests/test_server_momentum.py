@@ -3,6 +3,7 @@ after a round and resumed from its checkpoint ends where the run without a stop 
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -93,13 +94,26 @@ def test_without_its_saved_momentum_a_resumed_run_would_end_elsewhere(tmp_path: 
     assert not all(np.allclose(resumed[k].numpy(), straight[k].numpy()) for k in straight)
 
 
-def test_a_server_lr_alone_takes_that_share_of_fedavgs_step(tmp_path: Path, task_identity) -> None:
-    half, full = Results(tmp_path / "half"), Results(tmp_path / "full")
-    half.start(_config(server_lr=0.5))
+@pytest.mark.parametrize("lr", [0.5, 2.0])
+def test_a_server_lr_alone_takes_that_share_of_fedavgs_step(tmp_path: Path, task_identity, lr: float) -> None:
+    scaled, full = Results(tmp_path / "scaled"), Results(tmp_path / "full")
+    scaled.start(_config(server_lr=lr))
     full.start(_config())
-    halfway, fedavg = _rounds(_config(server_lr=0.5), half, START, 1, 1), _rounds(_config(), full, START, 1, 1)
-    for name, value in halfway.items():
-        assert torch.allclose(value, (START[name] + fedavg[name]) / 2, atol=1e-7), name
+    stepped, fedavg = _rounds(_config(server_lr=lr), scaled, START, 1, 1), _rounds(_config(), full, START, 1, 1)
+    for name, value in stepped.items():
+        assert torch.allclose(value, START[name] + lr * (fedavg[name] - START[name]), atol=1e-6), name
+
+
+def test_a_server_momentum_alone_acts_and_is_kept(tmp_path: Path, task_identity) -> None:
+    """With server-lr at its default 1, a momentum still makes the strategy FedAvgM: from round 2 the model
+    moves by the round's average step plus 0.9 x round 1's, and the momentum is saved for a resume."""
+    cfg = _config(server_momentum=0.9)
+    with_momentum, fedavg = Results(tmp_path / "momentum"), Results(tmp_path / "fedavg")
+    with_momentum.start(cfg)
+    fedavg.start(_config())
+    moved, plain = _rounds(cfg, with_momentum, START, 1, 2), _rounds(_config(), fedavg, START, 1, 2)
+    assert not all(torch.allclose(moved[k], plain[k], atol=1e-4) for k in plain)
+    assert with_momentum.load_momentum(2) is not None and fedavg.load_momentum(2) is None
 
 
 @pytest.mark.parametrize("setting", [{"server_momentum": 0.9}, {"server_lr": 0.5}])
@@ -108,3 +122,25 @@ def test_server_momentum_is_fedavgs_and_refused_with_another_aggregation(setting
         _config(**setting, defence={"aggregation": "median"})
     with pytest.raises(ConfigError, match=r"run config key 'server-momentum': Input should be less than 1"):
         FederationConfig.from_run_config({"server-momentum": 1.0})
+
+
+class _WritesAFileWhenUnpickled:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple:
+        return (open, (str(self.path), "w"))
+
+
+@pytest.mark.parametrize("name", ["momentum_002.pt", "round_002.pt"])
+def test_a_checkpoint_holding_pickled_objects_is_refused_without_unpickling_them(tmp_path: Path, name: str) -> None:
+    """A resumed run reads its results directory's files, which may have been copied from elsewhere:
+    unpickling one would run whatever code it names, so only tensors are read."""
+    results = Results(tmp_path / "run")
+    results.start(_config(server_momentum=0.9))
+    marker = tmp_path / "unpickled"
+    torch.save({"features.0.weight": _WritesAFileWhenUnpickled(marker)}, results.checkpoints / name)
+    load = results.load_momentum if name.startswith("momentum") else results.load_checkpoint
+    with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
+        load(2)
+    assert not marker.exists()
