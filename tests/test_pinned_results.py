@@ -638,3 +638,28 @@ def test_an_evaluation_that_fails_in_the_background_fails_the_run(tmp_path: Path
     evaluate_round(1, ArrayRecord(build_model(0).state_dict()))
     with pytest.raises(OSError, match="disk full"):
         evaluate_round.finish()
+
+
+@pytest.mark.parametrize(
+    ("device", "overlap", "overlapped"),
+    [("cpu", "auto", False), ("cpu", "on", True), ("cuda", "auto", True), ("cuda", "off", False)],
+)
+def test_auto_overlaps_the_evaluation_only_on_a_gpu(
+    tmp_path: Path, monkeypatch, device: str, overlap: str, overlapped: bool
+) -> None:
+    """On CPU cores the SuperNodes share, a background evaluation only competes with their training."""
+    monkeypatch.setattr("server.evaluation.pick_device", lambda: torch.device(device))  # no GPU needed to ask
+    evaluate_round = RoundEvaluator(synthetic_beats(10), EvalConfig(), Results(tmp_path), 0, False, 3, overlap)
+    assert (evaluate_round.worker is not None) == overlapped
+    evaluate_round.finish()
+
+
+def test_the_evaluator_builds_the_rhythm_model_for_a_rhythm_test_set(tmp_path: Path) -> None:
+    beats = synthetic_beats(10)
+    rhythm = Beats(np.concatenate([beats.x, np.full((10, 1, 4), 0.5, np.float32)], axis=-1), beats.y, beats.record)
+    results = Results(tmp_path)
+    results.start(FederationConfig())
+    evaluate_round = RoundEvaluator(rhythm, EvalConfig(conditions=("clean",)), results, 0, False, 3, "off")
+    torch.manual_seed(0)
+    evaluate_round(1, ArrayRecord(EcgCnn(rhythm=True).state_dict()))
+    assert [row["condition"] for row in results.read_jsonl("metrics")] == ["clean"]
