@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -59,3 +60,13 @@ class FakeGrid:
             else Message(RecordDict({"partition": answer(m.metadata.dst_node_id)}), reply_to=m)
             for m in messages
         ]
+
+
+class WritesAFileWhenUnpickled:
+    """Pickled into a file that should hold only data: unpickling it creates `path`, so a test can tell."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple:
+        return (open, (str(self.path), "w"))

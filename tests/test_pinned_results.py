@@ -28,7 +28,7 @@ from common.config import (
     PrepareConfig,
     TrainConfig,
 )
-from common.data import Beats, DataError, load_beats, partition, prepare, read_record, save_beats
+from common.data import RHYTHM_FEATURES, Beats, DataError, load_beats, partition, prepare, read_record, save_beats
 from common.metrics import evaluate, evaluate_standard, format_table, predict, progress_line, standard_subset
 from common.model import EcgCnn, build_model
 from common.train import train
@@ -37,7 +37,7 @@ from server.evaluation import RoundEvaluator
 from server.results import Results
 from server.strategy import make_strategy
 from tests.conftest import synthetic_beats, write_record
-from tests.helpers import FakeGrid
+from tests.helpers import FakeGrid, WritesAFileWhenUnpickled
 
 CPU = torch.device("cpu")
 
@@ -295,18 +295,10 @@ def test_a_shard_without_record_names_has_empty_ones(tmp_path: Path) -> None:
     assert load_beats(tmp_path / "shard.npz").record.tolist() == ["", "", ""]
 
 
-class _WritesAFileWhenUnpickled:
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def __reduce__(self) -> tuple:
-        return (open, (str(self.path), "w"))
-
-
 def test_a_shard_holding_pickled_objects_is_refused_without_unpickling_them(tmp_path: Path) -> None:
     # A shard comes from disk or a site; unpickling runs whatever code the file names.
     marker = tmp_path / "unpickled"
-    records = np.array([_WritesAFileWhenUnpickled(marker)] * 2, dtype=object)
+    records = np.array([WritesAFileWhenUnpickled(marker)] * 2, dtype=object)
     np.savez(tmp_path / "evil.npz", x=np.zeros((2, 1, 180), np.float32), y=np.zeros(2, np.int64), record=records)
     with pytest.raises(DataError, match=r"evil\.npz: not a shard file"):
         load_beats(tmp_path / "evil.npz")
@@ -656,7 +648,9 @@ def test_auto_overlaps_the_evaluation_only_on_a_gpu(
 
 def test_the_evaluator_builds_the_rhythm_model_for_a_rhythm_test_set(tmp_path: Path) -> None:
     beats = synthetic_beats(10)
-    rhythm = Beats(np.concatenate([beats.x, np.full((10, 1, 4), 0.5, np.float32)], axis=-1), beats.y, beats.record)
+    rhythm = Beats(
+        np.concatenate([beats.x, np.full((10, 1, RHYTHM_FEATURES), 0.5, np.float32)], axis=-1), beats.y, beats.record
+    )
     results = Results(tmp_path)
     results.start(FederationConfig())
     evaluate_round = RoundEvaluator(rhythm, EvalConfig(conditions=("clean",)), results, 0, False, 3, "off")

@@ -15,7 +15,7 @@ from common.config import ConfigError, FederationConfig
 from common.model import build_model
 from server.results import Results
 from server.strategy import make_strategy
-from tests.helpers import FakeGrid
+from tests.helpers import FakeGrid, WritesAFileWhenUnpickled
 
 NODES = 3
 START = build_model(0).state_dict()
@@ -124,14 +124,6 @@ def test_server_momentum_is_fedavgs_and_refused_with_another_aggregation(setting
         FederationConfig.from_run_config({"server-momentum": 1.0})
 
 
-class _WritesAFileWhenUnpickled:
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def __reduce__(self) -> tuple:
-        return (open, (str(self.path), "w"))
-
-
 @pytest.mark.parametrize("name", ["momentum_002.pt", "round_002.pt"])
 def test_a_checkpoint_holding_pickled_objects_is_refused_without_unpickling_them(tmp_path: Path, name: str) -> None:
     """A resumed run reads its results directory's files, which may have been copied from elsewhere:
@@ -139,7 +131,7 @@ def test_a_checkpoint_holding_pickled_objects_is_refused_without_unpickling_them
     results = Results(tmp_path / "run")
     results.start(_config(server_momentum=0.9))
     marker = tmp_path / "unpickled"
-    torch.save({"features.0.weight": _WritesAFileWhenUnpickled(marker)}, results.checkpoints / name)
+    torch.save({"features.0.weight": WritesAFileWhenUnpickled(marker)}, results.checkpoints / name)
     load = results.load_momentum if name.startswith("momentum") else results.load_checkpoint
     with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
         load(2)
