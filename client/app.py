@@ -13,8 +13,8 @@ from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from client.poison import poisoned
-from common.config import TRAIN_METRICS, FederationConfig, NodeConfig
-from common.data import Beats, DataError, load_beats, read_records
+from common.config import CLASS_COUNT_METRICS, TRAIN_METRICS, FederationConfig, NodeConfig
+from common.data import Beats, DataError, class_counts, load_beats, read_records
 from common.model import EcgCnn, pick_device, reads_rhythm
 from common.runtime import tune_allocator
 from common.train import train
@@ -72,9 +72,11 @@ def train_round(msg: Message, context: Context) -> Message:
         f"accuracy {100 * last.accuracy:.2f}%, {seconds:.1f} s",
         flush=True,
     )
-    metrics = MetricRecord(
-        dict(zip(TRAIN_METRICS, (node.claim_examples or len(beats), last.loss, last.accuracy, seconds), strict=True))
+    metrics = dict(
+        zip(TRAIN_METRICS, (node.claim_examples or len(beats), last.loss, last.accuracy, seconds), strict=True)
     )
+    if cfg.class_weighted_head:  # the server weighs each class's output row by them
+        metrics |= dict(zip(CLASS_COUNT_METRICS, class_counts(beats.y).values(), strict=True))
     weights = poisoned({k: v.detach().cpu() for k, v in model.state_dict().items()}, sent, node)
-    content = RecordDict({"arrays": ArrayRecord(weights), "metrics": metrics})
+    content = RecordDict({"arrays": ArrayRecord(weights), "metrics": MetricRecord(metrics)})
     return Message(content=content, reply_to=msg)

@@ -109,6 +109,10 @@ class EcgCnn(nn.Module):
         return self.classifier(torch.cat([self.features(window).flatten(1), rhythm], dim=1))
 
 
+# The output layer's arrays (EcgCnn.classifier[5]): row c of each is class c's.
+OUTPUT_ARRAYS = ("classifier.5.weight", "classifier.5.bias")
+
+
 def reads_rhythm(state: Mapping[str, torch.Tensor]) -> bool:
     """Whether weights are those of the model with rhythm features: its first dense layer has more inputs."""
     return state["classifier.1.weight"].shape[1] == flat_features(180) + RHYTHM_FEATURES

@@ -88,6 +88,7 @@ FEDERATION = [
     _flag("--proximal-mu", "train.proximal-mu"),
     _flag("--server-momentum", "server-momentum"),
     _flag("--server-lr", "server-lr"),
+    _flag("--class-weighted-head", "class-weighted-head"),
 ]
 DEFENCE = [
     _flag("--aggregation", "defence.aggregation"),

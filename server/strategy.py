@@ -4,23 +4,26 @@ before they are aggregated and each sampled node's reply recorded per round.
 The additions to Flower's strategy are the checks (server/validation.py: a reply that fails is dropped and
 recorded as `rejected` with its reason; a round without a valid reply keeps the previous model), the cap on
 the num-examples a reply is weighted with (recorded as `counted-examples`), the per-client rows, a round
-offset so that a resumed run numbers its rounds on from its checkpoint, and FedAvgM's momentum kept beside
-the checkpoints so that a resumed run goes on with it.
+offset so that a resumed run numbers its rounds on from its checkpoint, FedAvgM's momentum kept beside
+the checkpoints so that a resumed run goes on with it, and (with class-weighted-head) FedAvg's output rows
+re-averaged by the nodes' class counts.
 """
 
 from __future__ import annotations
 
 import random
+from collections import OrderedDict
 from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Bulyan, FedAvg, FedAvgM, FedMedian, FedTrimmedAvg, Krum
 
-from common.config import FederationConfig
+from common.config import CLASS_COUNT_METRICS, FederationConfig
+from common.model import OUTPUT_ARRAYS
 from server.results import Results
 from server.validation import check_reply, counted_examples, outsized, update_norm
 
@@ -110,6 +113,8 @@ class GuardedStrategy:
         for node, weight in counted.items():  # the weight Flower's strategy reads
             accepted[node].content["metrics"]["num-examples"] = weight
         aggregated = super().aggregate_train(real_round, list(accepted.values()))  # type: ignore[misc]
+        if self.cfg.class_weighted_head and aggregated[0] is not None:
+            aggregated = (class_weighted_rows(aggregated[0], list(accepted.values())), aggregated[1])
         if isinstance(self, FedAvgM) and self.momentum_vector is not None:
             momentum = zip(self.global_arrays, self.momentum_vector, strict=True)
             self.results.save_momentum(real_round, {name: torch.from_numpy(m) for name, m in momentum})
@@ -131,12 +136,32 @@ class GuardedStrategy:
         """Why each malformed or outsized update is refused, by node."""
         rejected = {}
         for node, reply in updates.items():
-            if reason := check_reply(reply, self.global_arrays, self.cfg.defence):
+            if reason := check_reply(reply, self.global_arrays, self.cfg.defence, self.cfg.reply_metrics):
                 rejected[node] = reason
         norms = {
             node: update_norm(reply, self.global_arrays) for node, reply in updates.items() if node not in rejected
         }
         return rejected | outsized(norms, self.cfg.defence)
+
+
+def class_weighted_rows(averaged: ArrayRecord, replies: list[Message]) -> ArrayRecord:
+    """FedAvg's average with each class's output row replaced by the replies' rows of it weighted by their windows
+    of that class (a class no reply holds keeps FedAvg's row). A reply's class counts are scaled by its counted
+    num-examples over its claim (the counts sum to the claim), so the claim's cap caps them too."""
+    arrays = {name: array.numpy() for name, array in averaged.items()}
+    weights = np.array(
+        [[reply.content["metrics"][name] for name in CLASS_COUNT_METRICS] for reply in replies],
+        dtype=np.float64,
+    )
+    claimed = weights.sum(axis=1, keepdims=True)
+    weights *= np.array([[reply.content["metrics"]["num-examples"]] for reply in replies]) / claimed
+    totals = weights.sum(axis=0)
+    held = totals > 0
+    for name in OUTPUT_ARRAYS:
+        rows = np.stack([reply.content["arrays"][name].numpy().astype(np.float64) for reply in replies])
+        weighted = np.einsum("kc,kc...->c...", weights[:, held], rows[:, held])
+        arrays[name][held] = weighted / totals[held].reshape(-1, *[1] * (rows.ndim - 2))
+    return ArrayRecord(OrderedDict((name, Array(array)) for name, array in arrays.items()))
 
 
 class _InPartitionOrder:

@@ -2,7 +2,8 @@
 
 A reply must hold exactly the two records the ClientApp sends ('arrays' and 'metrics'), the global model's arrays
 (same names in the same order, shapes and dtypes) with only finite values, the ClientApp's metrics as finite
-numbers, and an integer num-examples in 1..max-examples; and its update (reply minus the global model) must not be
+numbers, and an integer num-examples in 1..max-examples (with class-weighted-head also its class counts, integers
+of at least 0 that sum to num-examples); and its update (reply minus the global model) must not be
 more than norm-factor times as large as the median of the round's other updates. The first reason a reply fails is
 returned; a reply that fails is dropped, never averaged in. A reply that passes is counted with at most
 examples-factor times the median of the others' num-examples: no node can buy the round with a claim.
@@ -15,11 +16,13 @@ import math
 import numpy as np
 from flwr.app import Message
 
-from common.config import TRAIN_METRICS, DefenceConfig
+from common.config import CLASS_COUNT_METRICS, DefenceConfig
 
 
-def check_reply(reply: Message, global_arrays: dict[str, np.ndarray], cfg: DefenceConfig) -> str | None:
-    """None if the reply is a well-formed update; else why not."""
+def check_reply(
+    reply: Message, global_arrays: dict[str, np.ndarray], cfg: DefenceConfig, metric_names: tuple[str, ...]
+) -> str | None:
+    """None if the reply is a well-formed update with exactly the metrics `metric_names`; else why not."""
     content = reply.content
     records = [*content.array_records, *content.metric_records, *content.config_records]
     if list(content.array_records) != ["arrays"] or list(content.metric_records) != ["metrics"] or len(records) != 2:
@@ -44,8 +47,8 @@ def check_reply(reply: Message, global_arrays: dict[str, np.ndarray], cfg: Defen
         if not np.all(np.isfinite(got)):
             return f"{name} holds non-finite values"
     metrics = content["metrics"]
-    if set(metrics) != set(TRAIN_METRICS):
-        missing, extra = sorted(set(TRAIN_METRICS) - set(metrics)), sorted(set(metrics) - set(TRAIN_METRICS))
+    if set(metrics) != set(metric_names):
+        missing, extra = sorted(set(metric_names) - set(metrics)), sorted(set(metrics) - set(metric_names))
         return f"metrics other than the ClientApp's (missing {missing}, unexpected {extra})"
     for name, value in metrics.items():
         if not isinstance(value, int | float) or not math.isfinite(value):
@@ -53,7 +56,15 @@ def check_reply(reply: Message, global_arrays: dict[str, np.ndarray], cfg: Defen
     examples = metrics["num-examples"]
     if not isinstance(examples, int) or isinstance(examples, bool) or not 1 <= examples <= cfg.max_examples:
         return f"num-examples {examples!r} outside 1..{cfg.max_examples}"
+    counts = [metrics[name] for name in CLASS_COUNT_METRICS if name in metric_names]
+    # The counts weigh the output layer's rows: a node may not hold more of a class than it claims in all.
+    if counts and (any(not _is_count(count) for count in counts) or sum(counts) != examples):
+        return f"class counts {counts} are not integers of at least 0 summing to num-examples {examples}"
     return None
+
+
+def _is_count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def update_norm(reply: Message, global_arrays: dict[str, np.ndarray]) -> float:

@@ -163,6 +163,20 @@ def test_federate_with_rhythm_from_records(tmp_path: Path, monkeypatch: pytest.M
     assert reads_rhythm(final)
 
 
+def test_federate_with_class_weighted_head(shards: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`federate --class-weighted-head` through the real SuperLink: each node's class counts reach the server
+    over gRPC as the integers it checks (a float would be rejected), and are recorded beside its reply."""
+    monkeypatch.chdir(tmp_path)
+    nodes = ["--nodes", "3", "--nodes-per-round", "3", "--rounds", "1", "--local-epochs", "1"]
+    small = ["--max-test-windows", "80", "--pgd-steps", "2", "--cw-steps", "2", "--bim-steps", "2"]
+    code = main(["federate", "--data", str(shards), "--class-weighted-head", *nodes, *small, "--results", "results"])
+    assert code == 0
+    clients = Results(tmp_path / "results").read_jsonl("clients")
+    assert [row["status"] for row in clients] == ["ok"] * 3, clients
+    held = {row["partition"]: [row[f"examples-{c}"] for c in "NSVFQ"] for row in clients}
+    assert held == {i: np.bincount(load_beats(shards / client_file(i)).y, minlength=5).tolist() for i in range(3)}
+
+
 # ----------------------------------------------------------------------------- trust and faults
 
 

@@ -17,7 +17,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.common.config import flatten_dict
 
 from client.app import train_round
-from common.config import ConfigError, DefenceConfig, FederationConfig, NodeConfig
+from common.config import CLASS_COUNT_METRICS, TRAIN_METRICS, ConfigError, FederationConfig, NodeConfig
 from common.data import DataError, save_beats
 from common.model import EcgCnn, build_model
 from ecg_fat.launcher import ControlClient
@@ -66,13 +66,29 @@ def _context(data_path: Path, **run_config) -> Context:
     return Context(run_id=1, node_id=7, node_config={"data-path": str(data_path)}, state=RecordDict(), run_config=cfg)
 
 
+def test_with_class_weighted_head_the_client_reports_its_class_counts_and_only_then(
+    tmp_path: Path, task_identity
+) -> None:
+    beats = synthetic_beats(30)
+    save_beats(tmp_path / "shard.npz", beats)
+    sent = {name: array.numpy() for name, array in _train_message().content["arrays"].items()}
+    cfg = FederationConfig(class_weighted_head=True)
+    reply = train_round(_train_message(), _context(tmp_path / "shard.npz", class_weighted_head=True))
+    metrics = reply.content["metrics"]
+    assert [metrics[name] for name in CLASS_COUNT_METRICS] == np.bincount(beats.y, minlength=5).tolist()
+    assert check_reply(reply, sent, cfg.defence, cfg.reply_metrics) is None
+    plain = train_round(_train_message(), _context(tmp_path / "shard.npz"))
+    assert set(plain.content["metrics"]) == set(TRAIN_METRICS)  # the paper's protocol discloses no class count
+
+
 def test_client_trains_on_its_shard_and_replies_weights_and_metrics(tmp_path: Path, task_identity) -> None:
     save_beats(tmp_path / "shard.npz", synthetic_beats(30))
     reply = train_round(_train_message(), _context(tmp_path / "shard.npz"))
     metrics = reply.content["metrics"]
     assert metrics["num-examples"] == 30 and 0 <= metrics["train-accuracy"] <= 1
     sent = {name: array.numpy() for name, array in _train_message().content["arrays"].items()}
-    assert check_reply(reply, sent, DefenceConfig()) is None  # the ServerApp accepts what the ClientApp sends
+    cfg = FederationConfig()
+    assert check_reply(reply, sent, cfg.defence, cfg.reply_metrics) is None  # the ServerApp accepts what it sends
     trained = reply.content["arrays"].to_torch_state_dict()
     assert set(trained) == set(EcgCnn().state_dict())
     assert not torch.equal(trained["classifier.5.bias"], build_model(0).state_dict()["classifier.5.bias"])
