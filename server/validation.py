@@ -58,13 +58,9 @@ def check_reply(
         return f"num-examples {examples!r} outside 1..{cfg.max_examples}"
     counts = [metrics[name] for name in CLASS_COUNT_METRICS if name in metric_names]
     # The counts weigh the output layer's rows: a node may not hold more of a class than it claims in all.
-    if counts and (any(not _is_count(count) for count in counts) or sum(counts) != examples):
+    if counts and (any(not isinstance(count, int) or count < 0 for count in counts) or sum(counts) != examples):
         return f"class counts {counts} are not integers of at least 0 summing to num-examples {examples}"
     return None
-
-
-def _is_count(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def update_norm(reply: Message, global_arrays: dict[str, np.ndarray]) -> float:
