@@ -360,11 +360,12 @@ class DefenceConfig(_Settings):
     """What the ServerApp does against a broken or malicious node's update (issue: the trust boundary).
 
     Every reply is checked before aggregation (when `validate-updates`): exactly the ClientApp's two records and
-    its metrics (TRAIN_METRICS) as finite numbers, exactly the global model's keys, shapes and dtypes, only finite
-    values, an integer num-examples in 1..max-examples, and an update (reply minus the
-    global model) whose L2 norm is at most `norm-factor` times the round's median. A reply that fails is
-    dropped and recorded with its reason. A valid reply is counted with at most `examples-factor` times the
-    median of the other replies' num-examples. The aggregation is one of Flower's strategies.
+    its metrics (TRAIN_METRICS, and CLASS_COUNT_METRICS with class-weighted-head) as finite numbers, exactly the
+    global model's keys, shapes and dtypes, only finite values, an integer num-examples in 1..max-examples (and
+    class counts, integers of at least 0, that sum to it), and an update (reply minus the global model) whose
+    L2 norm is at most `norm-factor` times the round's median. A reply that fails is dropped and recorded with
+    its reason. A valid reply is counted with at most `examples-factor` times the median of the other replies'
+    num-examples. The aggregation is one of Flower's strategies.
     """
 
     validate_updates: bool = Field(True, description="check every update before aggregation (off: what FedAvg gets)")
