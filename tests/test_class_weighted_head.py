@@ -7,23 +7,22 @@ from pathlib import Path
 
 import pytest
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message
 
 from common.config import CLASS_COUNT_METRICS, ConfigError, FederationConfig
 from common.model import OUTPUT_ARRAYS, EcgCnn
 from server.results import Results
 from server.strategy import make_strategy
 from tests.helpers import FakeGrid
-from tests.test_defence import GLOBAL, honest
+from tests.test_defence import GLOBAL, honest, reply
 
 # Three nodes: only the first holds S, none holds Q; N in all three, in unequal numbers.
 COUNTS = [[60, 40, 0, 0, 0], [90, 0, 10, 0, 0], [150, 0, 30, 20, 0]]
 
 
 def _reply(message: Message, weights: dict[str, torch.Tensor], counts: list, examples: object = None) -> Message:
-    metrics = {"num-examples": sum(counts) if examples is None else examples, "train-loss": 0.5}
-    metrics |= {"train-accuracy": 0.5, "train-seconds": 1.0} | dict(zip(CLASS_COUNT_METRICS, counts, strict=True))
-    return Message(RecordDict({"arrays": ArrayRecord(weights), "metrics": MetricRecord(metrics)}), reply_to=message)
+    claimed = sum(counts) if examples is None else examples
+    return reply(message, weights, claimed, dict(zip(CLASS_COUNT_METRICS, counts, strict=True)))
 
 
 def _round(tmp_path: Path, counts: list, examples: list | None = None, **settings) -> tuple[ArrayRecord | None, list]:

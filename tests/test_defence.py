@@ -37,8 +37,12 @@ def honest(seed: int) -> dict[str, torch.Tensor]:
     return {k: v + 0.01 * (DIRECTION[k] + 0.3 * torch.randn(v.shape, generator=generator)) for k, v in GLOBAL.items()}
 
 
-def reply(message: Message, weights: dict[str, torch.Tensor], examples: object = 100) -> Message:
-    metrics = MetricRecord({"num-examples": examples, "train-loss": 0.5, "train-accuracy": 0.5, "train-seconds": 1.0})
+def reply(
+    message: Message, weights: dict[str, torch.Tensor], examples: object = 100, extra: dict | None = None
+) -> Message:
+    """An honest ClientApp's reply shape; `extra` metrics beside TRAIN_METRICS (class counts, for instance)."""
+    metrics = {"num-examples": examples, "train-loss": 0.5, "train-accuracy": 0.5, "train-seconds": 1.0}
+    metrics = MetricRecord(metrics | (extra or {}))
     return Message(RecordDict({"arrays": ArrayRecord(weights), "metrics": metrics}), reply_to=message)
 
 
