@@ -15,6 +15,8 @@ mkdir -p "$out"
 [ -f "$out/inter/manifest.json" ] ||
     ecg-fat prepare --mitdb ../shared/data/mitdb --out "$out/inter" --split inter-patient --partition patient
 [ -f "$out/intra/manifest.json" ] || ecg-fat prepare --mitdb ../shared/data/mitdb --out "$out/intra"
+[ -f "$out/inter-rhythm/manifest.json" ] ||
+    ecg-fat prepare --mitdb ../shared/data/mitdb --out "$out/inter-rhythm" --split inter-patient --partition patient --rhythm
 
 arm() {  # arm NAME DATA "TRAIN FLAGS" "EVALUATE FLAGS"
     local name=$1 data=$2 train=$3 evaluate=$4
@@ -80,3 +82,13 @@ arm intra-fat-none-lr3e-3-s0 intra "$(budget 0) --lr 0.003" "$evaluate"
 # A third seed of the paper's loss and of sqrt-balanced sampling, for the mean and spread over three seeds.
 arm intra-fat-none-s2 intra "--max-train-windows 2000 --class-weights none --seed 2" "$evaluate"
 arm intra-fat-sampling-sqrt-balanced-s2 intra "$(budget 2) --sampling sqrt-balanced" "$evaluate"
+# Federation or adversarial training? FAT on all of DS1 in one place with the rhythm features (`prepare --rhythm`),
+# with the logit-adjusted loss and its floor as in the federated runs of docs/results/hospitals/inter-patient/
+# (fat-rhythm-laf05-s*), then with the paper's loss; scored as those runs are (the same 5,000 DS2 windows, drawn
+# with the run seed; AutoAttack and PGD-100 on a stratified 1,000 of them).
+hospitals_eval="--max-test-windows 5000 --standard-windows 1000"
+arm inter-fat-rhythm-laf05-s0 inter-rhythm "--logit-adjustment 1 --logit-adjustment-floor 0.05 --seed 0" \
+    "$hospitals_eval --seed 0"
+arm inter-fat-rhythm-none-s0 inter-rhythm "--seed 0" "$hospitals_eval --seed 0"
+arm inter-fat-rhythm-laf05-s1 inter-rhythm "--logit-adjustment 1 --logit-adjustment-floor 0.05 --seed 1" \
+    "$hospitals_eval --seed 1"
