@@ -92,3 +92,11 @@ arm inter-fat-rhythm-laf05-s0 inter-rhythm "--logit-adjustment 1 --logit-adjustm
 arm inter-fat-rhythm-none-s0 inter-rhythm "--seed 0" "$hospitals_eval --seed 0"
 arm inter-fat-rhythm-laf05-s1 inter-rhythm "--logit-adjustment 1 --logit-adjustment-floor 0.05 --seed 1" \
     "$hospitals_eval --seed 1"
+arm inter-fat-rhythm-laf05-s2 inter-rhythm "--logit-adjustment 1 --logit-adjustment-floor 0.05 --seed 2" \
+    "$hospitals_eval --seed 2"
+# The same training work as a federated run: 10 rounds x 5 of 10 hospitals x 5 local epochs pass over about 25
+# epochs of DS1's windows, where the arms above train 5.
+for seed in 0 1 2; do
+    arm "inter-fat-rhythm-laf05-e25-s$seed" inter-rhythm \
+        "--epochs 25 --logit-adjustment 1 --logit-adjustment-floor 0.05 --seed $seed" "$hospitals_eval --seed $seed"
+done
