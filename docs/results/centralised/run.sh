@@ -87,16 +87,14 @@ arm intra-fat-sampling-sqrt-balanced-s2 intra "$(budget 2) --sampling sqrt-balan
 # (fat-rhythm-laf05-s*), then with the paper's loss; scored as those runs are (the same 5,000 DS2 windows, drawn
 # with the run seed; AutoAttack and PGD-100 on a stratified 1,000 of them).
 hospitals_eval="--max-test-windows 5000 --standard-windows 1000"
-arm inter-fat-rhythm-laf05-s0 inter-rhythm "--logit-adjustment 1 --logit-adjustment-floor 0.05 --seed 0" \
-    "$hospitals_eval --seed 0"
+floor="--logit-adjustment 1 --logit-adjustment-floor 0.05"
+arm inter-fat-rhythm-laf05-s0 inter-rhythm "$floor --seed 0" "$hospitals_eval --seed 0"
 arm inter-fat-rhythm-none-s0 inter-rhythm "--seed 0" "$hospitals_eval --seed 0"
-arm inter-fat-rhythm-laf05-s1 inter-rhythm "--logit-adjustment 1 --logit-adjustment-floor 0.05 --seed 1" \
-    "$hospitals_eval --seed 1"
-arm inter-fat-rhythm-laf05-s2 inter-rhythm "--logit-adjustment 1 --logit-adjustment-floor 0.05 --seed 2" \
-    "$hospitals_eval --seed 2"
+for seed in 1 2; do
+    arm "inter-fat-rhythm-laf05-s$seed" inter-rhythm "$floor --seed $seed" "$hospitals_eval --seed $seed"
+done
 # The same training work as a federated run: 10 rounds x 5 of 10 hospitals x 5 local epochs pass over about 25
 # epochs of DS1's windows, where the arms above train 5.
 for seed in 0 1 2; do
-    arm "inter-fat-rhythm-laf05-e25-s$seed" inter-rhythm \
-        "--epochs 25 --logit-adjustment 1 --logit-adjustment-floor 0.05 --seed $seed" "$hospitals_eval --seed $seed"
+    arm "inter-fat-rhythm-laf05-e25-s$seed" inter-rhythm "--epochs 25 $floor --seed $seed" "$hospitals_eval --seed $seed"
 done
