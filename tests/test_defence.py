@@ -174,6 +174,27 @@ def test_the_poisoned_node_changes_only_what_it_says(tmp_path: Path) -> None:
     )
 
 
+@pytest.mark.parametrize(
+    ("poison", "is_broken"),
+    [
+        ("nan", lambda sent, bad: all(torch.isnan(bad[k]).all() for k in sent)),
+        ("inf", lambda sent, bad: all(torch.isposinf(bad[k]).all() for k in sent)),  # not NaN: both are "non-finite"
+        ("wrong-keys", lambda sent, bad: sorted(bad) == sorted(f"{k}.evil" for k in sent)),
+        ("wrong-shape", lambda sent, bad: all(bad[k].shape == (sent[k].numel() - 1,) for k in sent)),
+        ("wrong-dtype", lambda sent, bad: all(bad[k].dtype == torch.float64 for k in sent)),
+    ],
+)
+def test_each_broken_reply_is_broken_in_its_own_way(tmp_path: Path, poison: str, is_broken) -> None:
+    """The rejection test above reads the server's reason; this pins the reply itself, so one poison standing in
+    for another (inf sent as NaN: the same "non-finite" reason) is caught."""
+    trained = honest(3)
+    bad = poisoned(trained, GLOBAL, node(poison, tmp_path))
+    assert is_broken(trained, bad)
+    if poison in ("wrong-shape", "wrong-dtype"):  # the values are the trained ones, only their form is wrong
+        for k in trained:
+            torch.testing.assert_close(bad[k].float().reshape(-1), trained[k].reshape(-1)[: bad[k].numel()])
+
+
 def test_the_update_norm_is_the_distance_from_the_global_model(task_identity) -> None:
     from server.validation import update_norm
 
