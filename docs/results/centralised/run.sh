@@ -98,3 +98,7 @@ done
 for seed in 0 1 2; do
     arm "inter-fat-rhythm-laf05-e25-s$seed" inter-rhythm "--epochs 25 $floor --seed $seed" "$hospitals_eval --seed $seed"
 done
+# The logit-adjusted loss on the paper's split (Menon et al., 2021; at tau 1 it is the balanced softmax loss, which
+# Yue et al., 2024, arXiv:2403.10073, found as good as RoBal inside adversarial training on long-tailed data), at the
+# intra-patient budget, seed 0: against the paper's loss and the sampling arms above, for the intra-patient target.
+arm intra-fat-la-s0 intra "$(budget 0) --logit-adjustment 1" "$evaluate"
