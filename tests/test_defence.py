@@ -177,11 +177,12 @@ def test_the_poisoned_node_changes_only_what_it_says(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("poison", "is_broken"),
     [
-        ("nan", lambda sent, bad: all(torch.isnan(bad[k]).all() for k in sent)),
-        ("inf", lambda sent, bad: all(torch.isposinf(bad[k]).all() for k in sent)),  # not NaN: both are "non-finite"
-        ("wrong-keys", lambda sent, bad: sorted(bad) == sorted(f"{k}.evil" for k in sent)),
-        ("wrong-shape", lambda sent, bad: all(bad[k].shape == (sent[k].numel() - 1,) for k in sent)),
-        ("wrong-dtype", lambda sent, bad: all(bad[k].dtype == torch.float64 for k in sent)),
+        ("nan", lambda trained, bad: all(torch.isnan(bad[k]).all() for k in trained)),
+        # +inf, not NaN: the server gives both the same reason ("non-finite values")
+        ("inf", lambda trained, bad: all(torch.isposinf(bad[k]).all() for k in trained)),
+        ("wrong-keys", lambda trained, bad: sorted(bad) == sorted(f"{k}.evil" for k in trained)),
+        ("wrong-shape", lambda trained, bad: all(bad[k].shape == (trained[k].numel() - 1,) for k in trained)),
+        ("wrong-dtype", lambda trained, bad: all(bad[k].dtype == torch.float64 for k in trained)),
     ],
 )
 def test_each_broken_reply_is_broken_in_its_own_way(tmp_path: Path, poison: str, is_broken) -> None:
