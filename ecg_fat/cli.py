@@ -76,9 +76,19 @@ def remote_path(text: str) -> Path:
     return path
 
 
-def require_json_dir(path: Path | None) -> None:
-    if path and not path.parent.is_dir():
-        raise UsageError(f"--json: directory {path.parent} does not exist")
+def require_output_file(path: Path | None, flag: str, *, make_parent: bool = False) -> None:
+    """Checked before the work starts: a file output that cannot be written would otherwise fail only after it."""
+    if path is None:
+        return
+    if path.is_dir():
+        raise UsageError(f"{flag} {path}: is a directory; give a file path")
+    if make_parent:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as error:  # a file where a directory must be, or no permission
+            raise UsageError(f"{flag} {path}: cannot create its directory ({error.strerror})") from error
+    elif not path.parent.is_dir():
+        raise UsageError(f"{flag}: directory {path.parent} does not exist")
 
 
 def evaluate_and_print(model: nn.Module, test: Beats, cfg: EvalConfig) -> dict[str, dict]:
@@ -334,6 +344,7 @@ def add_train_local(commands: argparse._SubParsersAction) -> None:
 
 def run_train_local(args: argparse.Namespace) -> int:
     cfg = flags.from_args(FederationConfig, args, args.local_flags)
+    require_output_file(args.save, "--save", make_parent=True)
     train_cfg = cfg.train
     if args.shard:
         training = load_beats(args.data / args.shard).subsample(cfg.max_train_windows, cfg.seed)
@@ -362,7 +373,6 @@ def run_train_local(args: argparse.Namespace) -> int:
     model = build_model(train_cfg.seed, rhythm=has_rhythm(training))
     train(model, training, train_cfg, device, on_epoch=show_epoch)
     if args.save:
-        args.save.parent.mkdir(parents=True, exist_ok=True)
         torch.save(model.state_dict(), args.save)
         log.info("weights written to %s", args.save)
     evaluate_and_print(model, test, cfg.evaluate)
@@ -405,7 +415,7 @@ def load_classifier(path: Path) -> tuple[Classifier, dict]:
 def run_evaluate(args: argparse.Namespace) -> int:
     run = flags.from_args(FederationConfig, args, args.evaluate_flags)
     cfg = run.evaluate
-    require_json_dir(args.json)
+    require_output_file(args.json, "--json")
     model = load_classifier(args.model)[0].module
     test = load_beats(args.test).subsample(run.max_test_windows, run.seed)
     if test.x.shape[-1] != model.input_length:
@@ -494,8 +504,7 @@ def run_predict(args: argparse.Namespace) -> int:
     classifier, settings = load_classifier(args.model)
     given = args.lead if args.lead is not None else settings.get("lead")
     lead = PrepareConfig(**({"lead": given} if given is not None else {})).lead  # validated; unset: auto
-    if args.out and not args.out.parent.is_dir():
-        raise UsageError(f"--out: directory {args.out.parent} does not exist")
+    require_output_file(args.out, "--out")
     rows = []
     for record in records_at(args.record):
         beats = read_beats(record, lead, PrepareConfig().window)
@@ -592,7 +601,7 @@ def add_bench(commands: argparse._SubParsersAction) -> None:
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    require_json_dir(args.json)
+    require_output_file(args.json, "--json")
     sections = tuple(s for s in SECTIONS if s in args.only)
     options = BenchOptions(args.mitdb, args.workdir, QUICK if args.quick else FULL, sections)
 

@@ -85,7 +85,8 @@ class Classifier:
             model = EcgCnn(rhythm=reads_rhythm(state))
             model.load_state_dict(state)
         except (RuntimeError, pickle.UnpicklingError, AttributeError, TypeError, ValueError, KeyError) as error:
-            raise ModelError(f"{file}: not weights of this model ({str(error).splitlines()[0]})") from error
+            first_line = next(iter(str(error).splitlines()), "")
+            raise ModelError(f"{file}: not weights of this model ({error.__class__.__name__}: {first_line})") from error
         self.module = model.eval()
 
     def probabilities(self, raw_windows: np.ndarray, rhythm: np.ndarray, batch_size: int = 1024) -> np.ndarray:

@@ -331,7 +331,26 @@ def test_evaluate_cli_names_a_bad_model_file(tmp_path: Path, capsys: pytest.Capt
     assert "--model" in capsys.readouterr().err
     torch.save({"weight": torch.zeros(3)}, tmp_path / "other.pt")
     assert main([*args, str(tmp_path / "other.pt")]) == 2
-    assert "not weights of this model" in capsys.readouterr().err
+    assert "not weights of this model (KeyError" in capsys.readouterr().err
+
+
+def test_an_output_that_cannot_be_written_is_refused_before_the_work(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """Minutes of training or evaluation must not end in a traceback at the write: each output is checked
+    first (here --data does not exist, so anything that got past the check would fail on it instead)."""
+    (tmp_path / "a-file").write_text("")
+    cases = [
+        (["train-local", "--data", str(tmp_path / "none"), "--save", str(tmp_path)], "--save", "is a directory"),
+        (["train-local", "--data", str(tmp_path / "none"), "--save", str(tmp_path / "a-file" / "m.pt")], "--save",
+         "cannot create its directory"),
+        (["evaluate", "--model", str(tmp_path / "m.pt"), "--test", str(tmp_path / "t.npz"), "--json", str(tmp_path)],
+         "--json", "is a directory"),
+    ]  # fmt: skip
+    for args, flag, message in cases:
+        assert main(args) == 2, args
+        err = capsys.readouterr().err
+        assert f"error: {flag} " in err and message in err and err.count("\n") == 1, err
 
 
 def reference_class_weights(labels: np.ndarray, how: str) -> torch.Tensor | None:

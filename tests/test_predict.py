@@ -155,6 +155,7 @@ def test_bad_input_is_one_line_naming_it(records: Path, weights: Path, tmp_path:
         (["--model", str(weights), "--record", str(records / "100"), "--lead", "V5"], 1, "no lead named 'V5'"),
         (["--model", str(weights), "--record", str(records / "100"), "--lead", "3"], 1, "lead index 3 out of range"),
         (["--model", str(tmp_path / "none.pt"), "--record", str(records / "100")], 2, "--model"),
+        (["--model", str(weights), "--record", str(records / "100"), "--out", str(tmp_path)], 2, "is a directory"),
     ]
     other = tmp_path / "other.pt"
     torch.save(torch.nn.Linear(3, 2).state_dict(), other)
